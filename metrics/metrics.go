@@ -1,0 +1,243 @@
+// Package metrics owns the broker's Prometheus collectors. Everything is
+// registered on a registry passed in (never the global one), names carry the
+// qlik_token_broker_ prefix and base units, and every label has a bounded set
+// of values: routes are echo route templates, tenants come from configuration,
+// reasons and outcomes are constants. User ids, tokens, raw paths and rejected
+// origins never become label values.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "qlik_token_broker"
+
+// Cache tiers and lookup results, the label values of CacheLookups.
+const (
+	TierL1    = "l1" // the in-process cache
+	TierRedis = "redis"
+
+	ResultHit   = "hit"
+	ResultMiss  = "miss"
+	ResultError = "error"
+)
+
+// Refresh-ahead results, the label values of Refreshes.
+const (
+	RefreshRefreshed = "refreshed" // a new token was fetched from the tenant
+	RefreshAdopted   = "adopted"   // another replica had refreshed it already
+	RefreshSkipped   = "skipped"   // another replica holds the refresh lease
+	RefreshError     = "error"
+)
+
+// Lease results, the label values of Leases.
+const (
+	LeaseAcquired  = "acquired"   // took the lease at once and fetched
+	LeaseWaited    = "waited"     // waited and got the holder's token
+	LeaseTakenOver = "taken_over" // waited, then took the lease (holder gone or failed)
+	LeaseError     = "error"      // Redis failed; fetched without the lease
+)
+
+// Upstream outcomes, the label values of UpstreamRequests.
+const (
+	OutcomeSuccess     = "success"
+	OutcomeClientError = "client_error" // 4xx other than 429
+	OutcomeRateLimited = "rate_limited" // 429
+	OutcomeServerError = "server_error" // 5xx
+	OutcomeNetwork     = "network_error"
+	OutcomeTimeout     = "timeout"
+	OutcomeMalformed   = "malformed"
+)
+
+// Rejection causes, the label values of Rejections.
+const (
+	RejectCooldown      = "cooldown"        // the tenant answered 429; waiting out Retry-After
+	RejectBreakerOpen   = "breaker_open"    // the tenant keeps failing; not asked for a while
+	RejectQueueTimeout  = "queue_timeout"   // no upstream slot or rate token before the deadline
+	RejectUserRateLimit = "user_rate_limit" // one identity asked too often
+	RejectUnknownUser   = "unknown_user"    // the tenant does not know the Qlik user
+	RejectInvalidClient = "invalid_client"  // the tenant refused the broker's client credentials
+)
+
+// Breaker states, the values of UpstreamBreakerState.
+const (
+	BreakerClosed   = 0
+	BreakerHalfOpen = 1
+	BreakerOpen     = 2
+)
+
+// BuildInfo describes the running binary for the build_info gauge.
+type BuildInfo struct {
+	Version  string
+	Revision string
+}
+
+// Metrics holds the broker's collectors.
+type Metrics struct {
+	// HTTPRequests counts API requests by route template, method and status code.
+	HTTPRequests *prometheus.CounterVec
+	// HTTPDuration observes API request latency by route template.
+	HTTPDuration *prometheus.HistogramVec
+	// CacheLookups counts token cache lookups by tier and result.
+	CacheLookups *prometheus.CounterVec
+	// Coalesced counts requests that waited for another request's upstream
+	// call instead of making their own.
+	Coalesced prometheus.Counter
+	// UpstreamRequests counts calls to a tenant by tenant, endpoint and outcome.
+	UpstreamRequests *prometheus.CounterVec
+	// UpstreamDuration observes tenant call latency by tenant and endpoint.
+	UpstreamDuration *prometheus.HistogramVec
+	// SessionRejections counts session tokens rejected, by reason.
+	SessionRejections *prometheus.CounterVec
+	// OriginRejections counts browser requests refused for their Origin.
+	OriginRejections prometheus.Counter
+	// Refreshes counts refresh-ahead runs by result.
+	Refreshes *prometheus.CounterVec
+	// Leases counts cross-replica fetch coordination on a cold key by result.
+	Leases *prometheus.CounterVec
+	// UnsealFailures counts Redis values that could not be opened, by reason
+	// (tampered, unknown_key, malformed); each is treated as a miss.
+	UnsealFailures *prometheus.CounterVec
+	// RedisErrors counts failed Redis operations by operation.
+	RedisErrors *prometheus.CounterVec
+	// Rejections counts token requests refused without (or after) asking
+	// the tenant, by cause.
+	Rejections *prometheus.CounterVec
+	// UpstreamRetries counts retried tenant calls by tenant.
+	UpstreamRetries *prometheus.CounterVec
+	// UpstreamCooldownUntil is, per tenant, the Unix time until which no
+	// token call goes out after a 429 (in the past when none is active).
+	UpstreamCooldownUntil *prometheus.GaugeVec
+	// UpstreamBreakerState is the tenant's circuit breaker state: 0 closed,
+	// 1 half-open, 2 open.
+	UpstreamBreakerState *prometheus.GaugeVec
+	// UpstreamQueueWait observes the wait for an upstream slot and rate
+	// token, by tenant.
+	UpstreamQueueWait *prometheus.HistogramVec
+	// UpstreamInvalidCredentials counts tenant answers that the broker's
+	// client id or secret is wrong, by tenant.
+	UpstreamInvalidCredentials *prometheus.CounterVec
+	// RedisDegraded is 1 while the Redis circuit breaker is open and the
+	// broker runs on its in-process cache alone.
+	RedisDegraded prometheus.Gauge
+}
+
+// NewRegistry returns a registry holding the Go runtime and process
+// collectors, ready for New.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
+}
+
+// New creates the broker's collectors and registers them on reg. It panics if
+// they are already registered there, as prometheus.MustRegister does: that is
+// a wiring bug, not a runtime condition.
+func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
+	m := &Metrics{
+		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "http", Name: "requests_total",
+			Help: "API requests by route template, method and status code.",
+		}, []string{"route", "method", "code"}),
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "http", Name: "request_duration_seconds",
+			Help:    "API request latency by route template.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		CacheLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "cache", Name: "lookups_total",
+			Help: "Token cache lookups by tier and result (hit, miss, error).",
+		}, []string{"tier", "result"}),
+		Coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "coalesced_requests_total",
+			Help: "Token requests that shared another request's upstream call.",
+		}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "requests_total",
+			Help: "Calls to the Qlik tenant by tenant, endpoint and outcome.",
+		}, []string{"tenant", "endpoint", "outcome"}),
+		UpstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "request_duration_seconds",
+			Help:    "Latency of calls to the Qlik tenant by tenant and endpoint.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"tenant", "endpoint"}),
+		SessionRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "session", Name: "rejections_total",
+			Help: "Session tokens rejected, by reason.",
+		}, []string{"reason"}),
+		OriginRejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "http", Name: "origin_rejections_total",
+			Help: "Browser requests refused because their Origin is not allowed.",
+		}),
+		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "refreshes_total",
+			Help: "Refresh-ahead runs by result (refreshed, adopted, skipped, error).",
+		}, []string{"result"}),
+		Leases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "leases_total",
+			Help: "Cold-key fetch coordination across replicas by result (acquired, waited, taken_over, error).",
+		}, []string{"result"}),
+		UnsealFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "cache", Name: "unseal_failures_total",
+			Help: "Cached values that failed to unseal, by reason; each counts as a miss.",
+		}, []string{"reason"}),
+		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "redis", Name: "errors_total",
+			Help: "Failed Redis operations by operation.",
+		}, []string{"op"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "rejections_total",
+			Help: "Token requests refused by cause (cooldown, breaker_open, queue_timeout, user_rate_limit, unknown_user, invalid_client).",
+		}, []string{"cause"}),
+		UpstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "retries_total",
+			Help: "Tenant calls retried after a 5xx, timeout or connection failure.",
+		}, []string{"tenant"}),
+		UpstreamCooldownUntil: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "cooldown_until_timestamp_seconds",
+			Help: "Unix time until which no token call goes to the tenant after a 429.",
+		}, []string{"tenant"}),
+		UpstreamBreakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "breaker_state",
+			Help: "Circuit breaker state per tenant: 0 closed, 1 half-open, 2 open.",
+		}, []string{"tenant"}),
+		UpstreamQueueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "queue_wait_seconds",
+			Help:    "Wait for an upstream concurrency slot and rate token.",
+			Buckets: []float64{.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"tenant"}),
+		UpstreamInvalidCredentials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "upstream", Name: "invalid_credentials_total",
+			Help: "Tenant answers that the broker's OAuth client id or secret is wrong.",
+		}, []string{"tenant"}),
+		RedisDegraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "redis", Name: "degraded",
+			Help: "1 while Redis is considered down and tokens come from the in-process cache and the tenant.",
+		}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Build information of the running broker; the value is always 1.",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(m.HTTPRequests, m.HTTPDuration, m.CacheLookups, m.Coalesced,
+		m.UpstreamRequests, m.UpstreamDuration, m.SessionRejections, m.OriginRejections,
+		m.Refreshes, m.Leases, m.UnsealFailures, m.RedisErrors, m.RedisDegraded,
+		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
+		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, buildInfo)
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition formats.
+func Handler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true})
+}
