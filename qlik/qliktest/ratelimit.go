@@ -1,0 +1,29 @@
+package qliktest
+
+import "time"
+
+const rateWindow = time.Minute
+
+// admit records one Tier-2 request against a sliding one-minute window on the
+// tenant clock. When the window is full it returns how long until the oldest
+// request leaves it, and false; rejected requests are not recorded, so a
+// client that waits Retry-After gets through.
+func (t *Tenant) admit() (retryAfter time.Duration, ok bool) {
+	if t.rateLimit == 0 {
+		return 0, true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	cutoff := now.Add(-rateWindow)
+	drop := 0
+	for drop < len(t.rateWindow) && !t.rateWindow[drop].After(cutoff) {
+		drop++
+	}
+	t.rateWindow = append(t.rateWindow[:0], t.rateWindow[drop:]...)
+	if len(t.rateWindow) >= t.rateLimit {
+		return max(t.rateWindow[0].Sub(cutoff), time.Second), false
+	}
+	t.rateWindow = append(t.rateWindow, now)
+	return 0, true
+}
