@@ -1,0 +1,700 @@
+// Package broker is the service: it turns a verified session identity into a
+// valid Qlik access token for that user, from the cache when it can and from
+// the tenant when it must, and serves that over HTTP (routes, CORS/origin
+// policy, error mapping).
+//
+// Tokens live in two tiers: an in-process L1 (always) and Redis shared by the
+// replicas (optional). A cold key costs one upstream call across all
+// replicas: one request per process gets through (singleflight), and across
+// processes a Redis lease decides who calls the tenant while the others wait
+// for the value. A token entering its refresh-ahead window is still served
+// while one background refresh per key replaces it.
+package broker
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/qtb-dev/qlik-token-broker/cache"
+	"github.com/qtb-dev/qlik-token-broker/metrics"
+	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/session"
+)
+
+// Issuer mints and revokes user-impersonation tokens at one tenant.
+// *qlik.Client is the production implementation.
+type Issuer interface {
+	ImpersonationToken(ctx context.Context, creds qlik.Credentials, user qlik.UserLookup, scope string) (*qlik.Token, error)
+	// ClientCredentialsToken checks the client's own credentials when a
+	// 401 does not say whether the client or the user was refused.
+	ClientCredentialsToken(ctx context.Context, creds qlik.Credentials, scope string) (*qlik.Token, error)
+	Revoke(ctx context.Context, creds qlik.Credentials, accessToken string) error
+}
+
+var _ Issuer = (*qlik.Client)(nil)
+
+// Store keeps opaque values with a time to live; a miss is cache.ErrMiss.
+// cache.Memory is the L1.
+type Store interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	Delete(ctx context.Context, key string) error
+}
+
+// Shared is the store the replicas share, with the coordination the broker
+// needs: leases for cold keys and refreshes, and L1 invalidation broadcasts.
+// cache.Redis is the implementation.
+type Shared interface {
+	Store
+	TryLock(ctx context.Context, key string, ttl time.Duration) (*cache.Lease, bool, error)
+	PublishInvalidation(ctx context.Context, key string) error
+	SubscribeInvalidations(ctx context.Context, fn func(key string)) error
+}
+
+var (
+	_ Store  = (*cache.Memory)(nil)
+	_ Shared = (*cache.Redis)(nil)
+)
+
+// Tenant is one Qlik Cloud tenant and the impersonation client used there.
+type Tenant struct {
+	// ID names the tenant in cache keys, metrics and logs. It comes from
+	// configuration, so its set of values is bounded.
+	ID          string
+	Issuer      Issuer
+	Credentials qlik.Credentials
+	Scope       string
+	// ReloadSecret, when set, re-reads the client secret (from its file)
+	// after the tenant answers 401, so a rotated secret is picked up
+	// without a restart.
+	ReloadSecret func() (string, error)
+}
+
+// Config holds the Broker's dependencies and tuning. Zero durations take the
+// defaults noted.
+type Config struct {
+	Tenant Tenant
+	// L1 is the in-process cache. Nil turns it off, which only makes
+	// sense with Shared (benchmarks of the Redis path).
+	L1 Store
+	// L1TTL caps how long a token stays in L1 when Shared is set, bounding
+	// how stale a replica can be if it misses an invalidation. Default 5m.
+	L1TTL time.Duration
+	// Shared is Redis, or nil to run on L1 alone.
+	Shared Shared
+	// Keyring seals values in Shared and keys the HMAC of key names. Nil
+	// stores plaintext and names keys by a plain SHA-256.
+	Keyring *cache.Keyring
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// TokenSkew is subtracted from every expires_at, for clock skew with
+	// the tenant. Default 60s.
+	TokenSkew time.Duration
+	// MinTokenTTL is the least remaining life (after the skew) a token may
+	// have when handed out; a request never gets one with less. Default 10m.
+	MinTokenTTL time.Duration
+	// RefreshAhead is the window before expiry (after the skew) in which a
+	// served token is replaced in the background. Must exceed MinTokenTTL.
+	// Default 1h.
+	RefreshAhead time.Duration
+	// FetchTimeout bounds one fill of a cold key, waiting for another
+	// replica's lease included. It runs detached from the request that
+	// started it, so a caller going away does not fail the others. Default
+	// 15s.
+	FetchTimeout time.Duration
+	// LeaseTTL is the lease on a key while one replica fetches it; it is
+	// kept alive while the fetch runs and lets another replica take over
+	// this long after the holder dies. Default 5s.
+	LeaseTTL time.Duration
+	// LeasePoll is the first wait between looks for another replica's
+	// result; it doubles up to 250ms. Default 20ms.
+	LeasePoll time.Duration
+	// Upstream protects the tenant: cooldowns, retries, breaker, limits.
+	Upstream UpstreamConfig
+}
+
+// Broker hands out cached user-impersonation tokens.
+type Broker struct {
+	tenant       Tenant
+	l1           Store
+	l1TTL        time.Duration
+	shared       Shared
+	keyring      *cache.Keyring
+	nameKey      []byte
+	m            *metrics.Metrics
+	log          *slog.Logger
+	now          func() time.Time
+	skew         time.Duration
+	minTTL       time.Duration
+	refreshAhead time.Duration
+	fetchTimeout time.Duration
+	leaseTTL     time.Duration
+	leasePoll    time.Duration
+
+	up     *upstream
+	flight singleflight.Group
+
+	// Background refreshes: one per key at a time, with a back-off after
+	// a failed or skipped one.
+	refreshMu  sync.Mutex
+	refreshing map[string]time.Time // key -> not before (zero while running)
+	bg         sync.WaitGroup
+	bgCtx      context.Context
+	bgCancel   context.CancelFunc
+}
+
+// Sentinel errors of the broker; the HTTP layer maps them to statuses.
+var (
+	// ErrUpstream wraps every failed call to the tenant; errors.As finds
+	// the *qlik.Error or network error beneath it.
+	ErrUpstream = errors.New("broker: upstream call failed")
+	// ErrTokenTooShortLived means the tenant issued a token with less than
+	// MinTokenTTL to live, so it cannot be served.
+	ErrTokenTooShortLived = errors.New("broker: tenant issued a token that expires too soon")
+	// ErrFetchPanicked means the upstream call panicked; the panic is logged.
+	ErrFetchPanicked = errors.New("broker: token fetch panicked")
+)
+
+// New checks cfg and returns a Broker. Call Close to stop its background
+// refreshes.
+func New(cfg Config) (*Broker, error) {
+	b := &Broker{
+		tenant:       cfg.Tenant,
+		l1:           cfg.L1,
+		l1TTL:        orDefault(cfg.L1TTL, 5*time.Minute),
+		shared:       cfg.Shared,
+		keyring:      cfg.Keyring,
+		m:            cfg.Metrics,
+		log:          cfg.Logger,
+		now:          cfg.Now,
+		skew:         orDefault(cfg.TokenSkew, 60*time.Second),
+		minTTL:       orDefault(cfg.MinTokenTTL, 10*time.Minute),
+		refreshAhead: orDefault(cfg.RefreshAhead, time.Hour),
+		fetchTimeout: orDefault(cfg.FetchTimeout, 15*time.Second),
+		leaseTTL:     orDefault(cfg.LeaseTTL, 5*time.Second),
+		leasePoll:    orDefault(cfg.LeasePoll, 20*time.Millisecond),
+		refreshing:   make(map[string]time.Time),
+	}
+	var errs []error
+	if b.tenant.ID == "" {
+		errs = append(errs, errors.New("broker: tenant id is empty"))
+	}
+	if b.tenant.Issuer == nil {
+		errs = append(errs, errors.New("broker: tenant issuer is nil"))
+	}
+	if b.l1 == nil && b.shared == nil {
+		errs = append(errs, errors.New("broker: needs an L1 store, a shared store or both"))
+	}
+	if b.m == nil {
+		errs = append(errs, errors.New("broker: metrics is nil"))
+	}
+	if b.refreshAhead <= b.minTTL {
+		errs = append(errs, fmt.Errorf("broker: refresh-ahead window %s must exceed the minimum token TTL %s", b.refreshAhead, b.minTTL))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if b.keyring != nil {
+		b.nameKey = b.keyring.NameKey()
+	}
+	if b.l1 == nil {
+		b.l1 = noL1{}
+	}
+	b.up = newUpstream(b, b.tenant, cfg.Upstream.withDefaults())
+	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
+	return b, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Close stops background refreshes and waits for them.
+func (b *Broker) Close() {
+	b.bgCancel()
+	b.bg.Wait()
+}
+
+// Run listens for other replicas' invalidations and drops those keys from
+// L1, until ctx is done. Without Shared it just waits for ctx.
+func (b *Broker) Run(ctx context.Context) error {
+	if b.shared == nil {
+		<-ctx.Done()
+		return nil
+	}
+	err := b.shared.SubscribeInvalidations(ctx, func(key string) {
+		_ = b.l1.Delete(ctx, key)
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// keys are the Redis names of one user's entries; they share a hash tag,
+// so they live in one Cluster slot.
+type keys struct {
+	token, lease string
+}
+
+// keysFor names the cache entries of one user of one client at one tenant.
+// The user value is HMACed (with the keyring's name key when sealing is on)
+// so no raw identifier reaches the store.
+func (b *Broker) keysFor(user qlik.UserLookup) keys {
+	h := hmac.New(sha256.New, b.nameKey)
+	for _, part := range []string{b.tenant.Credentials.ClientID, user.Field, user.Value, b.tenant.Scope} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	var sum [sha256.Size]byte
+	tag := ":{" + base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])) + "}"
+	return keys{token: "qtb:tok:" + b.tenant.ID + tag, lease: "qtb:lock:" + b.tenant.ID + tag}
+}
+
+// Token returns a token acting for the identity's Qlik user with at least
+// MinTokenTTL to live. A token inside its refresh-ahead window is returned
+// at once while a background refresh replaces it.
+func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, error) {
+	user := qlik.UserLookup{Field: id.UserField, Value: id.UserValue}
+	if err := user.Validate(); err != nil {
+		return qlik.Token{}, fmt.Errorf("broker: %w", err)
+	}
+	k := b.keysFor(user)
+	if tok, ok := b.fromL1(ctx, k.token); ok {
+		b.maybeRefresh(k, user, tok)
+		return tok, nil
+	}
+	if tok, ok := b.fromShared(ctx, k.token, true); ok {
+		b.putL1(ctx, k.token, tok)
+		b.maybeRefresh(k, user, tok)
+		return tok, nil
+	}
+	ch := b.flight.DoChan(k.token, func() (any, error) {
+		// Detached from the first caller: its going away must not fail
+		// the others sharing this call. Values (trace ids) are kept.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
+		defer cancel()
+		return b.fill(fctx, k, user)
+	})
+	select {
+	case r := <-ch:
+		if r.Shared {
+			b.m.Coalesced.Inc()
+		}
+		if r.Err != nil {
+			return qlik.Token{}, r.Err
+		}
+		return r.Val.(qlik.Token), nil
+	case <-ctx.Done():
+		return qlik.Token{}, fmt.Errorf("broker: waiting for token: %w", ctx.Err())
+	}
+}
+
+// fill gets a token for a cold key: from another replica that holds the
+// lease, or from the tenant under the lease. Without Shared, or while Redis
+// fails, the process-level singleflight around it is the only coalescing.
+func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok qlik.Token, err error) {
+	defer func() {
+		// DoChan re-panics in a fresh goroutine, which would kill the
+		// process: turn a panic into an error for every waiter instead.
+		if p := recover(); p != nil {
+			b.log.Error("token fetch panicked", "panic", fmt.Sprint(p))
+			err = ErrFetchPanicked
+		}
+	}()
+	if b.shared == nil {
+		return b.mint(ctx, k, user)
+	}
+	waited := false
+	for delay := b.leasePoll; ; delay = min(2*delay, 250*time.Millisecond) {
+		// The caller has just missed Redis; look again only after waiting.
+		if waited {
+			if tok, ok := b.fromShared(ctx, k.token, false); ok {
+				b.m.Leases.WithLabelValues(metrics.LeaseWaited).Inc()
+				b.putL1(ctx, k.token, tok)
+				return tok, nil
+			}
+		}
+		lease, ok, err := b.shared.TryLock(ctx, k.lease, b.leaseTTL)
+		if err != nil {
+			b.redisError(ctx, "lock", err)
+			b.m.Leases.WithLabelValues(metrics.LeaseError).Inc()
+			return b.mint(ctx, k, user)
+		}
+		if ok {
+			result := metrics.LeaseAcquired
+			if waited {
+				result = metrics.LeaseTakenOver
+			}
+			b.m.Leases.WithLabelValues(result).Inc()
+			return b.mintUnderLease(ctx, lease, k, user)
+		}
+		waited = true
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return qlik.Token{}, fmt.Errorf("%w: waiting for another replica's token: %w", ErrUpstream, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// mintUnderLease fetches while holding the lease, keeping it alive for as
+// long as the tenant takes, and releases it after storing the result.
+func (b *Broker) mintUnderLease(ctx context.Context, lease *cache.Lease, k keys, user qlik.UserLookup) (qlik.Token, error) {
+	stop := lease.KeepAlive(ctx, b.leaseTTL)
+	defer func() {
+		stop()
+		if err := lease.Release(context.WithoutCancel(ctx)); err != nil {
+			b.redisError(ctx, "release", err)
+		}
+	}()
+	// The holder before us may have stored a token just before we locked.
+	if tok, ok := b.fromShared(ctx, k.token, false); ok {
+		b.putL1(ctx, k.token, tok)
+		return tok, nil
+	}
+	return b.mint(ctx, k, user)
+}
+
+// mint calls the tenant and stores the result in both tiers.
+func (b *Broker) mint(ctx context.Context, k keys, user qlik.UserLookup) (qlik.Token, error) {
+	got, err := b.up.impersonate(ctx, user)
+	if err != nil {
+		return qlik.Token{}, err
+	}
+	tok := *got
+	ttl := b.cacheTTL(tok)
+	if ttl <= 0 {
+		return qlik.Token{}, ErrTokenTooShortLived
+	}
+	if b.shared != nil {
+		if err := b.shared.Set(ctx, k.token, b.seal(k.token, tok), ttl); err != nil {
+			// Still serve it: a cache failure costs quota, not users.
+			b.redisError(ctx, "set", err)
+		}
+	}
+	b.putL1(ctx, k.token, tok)
+	return tok, nil
+}
+
+// cacheTTL is how long tok stays servable: until MinTokenTTL before its
+// expiry (after the skew).
+func (b *Broker) cacheTTL(tok qlik.Token) time.Duration {
+	return tok.ExpiresAt.Add(-b.skew - b.minTTL).Sub(b.now())
+}
+
+func (b *Broker) servable(tok qlik.Token) bool {
+	return tok.AccessToken != "" && b.cacheTTL(tok) > 0
+}
+
+// refreshAt is when tok's background refresh is due. Each token gets a
+// point spread uniformly over the first half of its window (from a hash of
+// its key and expiry, so every replica computes the same point): keys
+// cached together do not refresh together, and a failed refresh has the
+// second half of the window to succeed before anyone has to wait.
+func (b *Broker) refreshAt(key string, tok qlik.Token) time.Time {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	var exp [8]byte
+	u := uint64(tok.ExpiresAt.UnixNano())
+	for i := range exp {
+		exp[i] = byte(u >> (8 * i))
+	}
+	h.Write(exp[:])
+	frac := float64(h.Sum64()>>11) / (1 << 53)
+	spread := (b.refreshAhead - b.minTTL) / 2
+	start := tok.ExpiresAt.Add(-b.skew - b.refreshAhead)
+	return start.Add(time.Duration(frac * float64(spread)))
+}
+
+// maybeRefresh starts the background refresh of a served token once it is
+// due, at most one per key at a time in this process.
+func (b *Broker) maybeRefresh(k keys, user qlik.UserLookup, tok qlik.Token) {
+	now := b.now()
+	if now.Before(b.refreshAt(k.token, tok)) {
+		return
+	}
+	b.refreshMu.Lock()
+	notBefore, busy := b.refreshing[k.token]
+	if busy && (notBefore.IsZero() || now.Before(notBefore)) {
+		b.refreshMu.Unlock()
+		return
+	}
+	b.refreshing[k.token] = time.Time{}
+	b.bg.Add(1)
+	b.refreshMu.Unlock()
+
+	go func() {
+		defer b.bg.Done()
+		ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
+		defer cancel()
+		result, err := b.refresh(ctx, k, user, tok)
+		b.m.Refreshes.WithLabelValues(result).Inc()
+
+		b.refreshMu.Lock()
+		defer b.refreshMu.Unlock()
+		switch result {
+		case metrics.RefreshRefreshed, metrics.RefreshAdopted:
+			delete(b.refreshing, k.token)
+		case metrics.RefreshSkipped:
+			// Another replica is on it; look again shortly to adopt.
+			b.refreshing[k.token] = b.now().Add(time.Second)
+		default:
+			b.log.Warn("background token refresh failed; the cached token is still served", "tenant", b.tenant.ID, "err", err)
+			wait := 30 * time.Second
+			var ue *UnavailableError
+			if errors.As(err, &ue) {
+				wait = max(wait, ue.RetryAfter)
+			}
+			b.refreshing[k.token] = b.now().Add(wait)
+		}
+	}()
+}
+
+// refresh replaces old with a fresh token in both tiers, unless another
+// replica has done so already (adopt it) or is doing so (leave it to them).
+func (b *Broker) refresh(ctx context.Context, k keys, user qlik.UserLookup, old qlik.Token) (string, error) {
+	if b.shared != nil {
+		adopt := func() bool {
+			cur, ok := b.fromShared(ctx, k.token, false)
+			if ok && cur.ExpiresAt.After(old.ExpiresAt) {
+				b.putL1(ctx, k.token, cur)
+				return true
+			}
+			return false
+		}
+		if adopt() {
+			return metrics.RefreshAdopted, nil
+		}
+		lease, ok, err := b.shared.TryLock(ctx, k.lease, b.leaseTTL)
+		switch {
+		case err != nil:
+			b.redisError(ctx, "lock", err) // Redis down: refresh locally
+		case !ok:
+			return metrics.RefreshSkipped, nil
+		default:
+			stop := lease.KeepAlive(ctx, b.leaseTTL)
+			defer func() {
+				stop()
+				if err := lease.Release(context.WithoutCancel(ctx)); err != nil {
+					b.redisError(ctx, "release", err)
+				}
+			}()
+			// The previous holder may have finished just before we locked.
+			if adopt() {
+				return metrics.RefreshAdopted, nil
+			}
+		}
+	}
+	if _, err := b.mint(ctx, k, user); err != nil {
+		return metrics.RefreshError, err
+	}
+	return metrics.RefreshRefreshed, nil
+}
+
+// Evict removes the identity's cached tokens from every tier (and every
+// replica's L1) and revokes them at the tenant. With nothing cached it
+// succeeds without calling the tenant.
+func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
+	user := qlik.UserLookup{Field: id.UserField, Value: id.UserValue}
+	if err := user.Validate(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	k := b.keysFor(user)
+	b.flight.Forget(k.token)
+
+	var found []string
+	if raw, err := b.l1.Get(ctx, k.token); err == nil {
+		if tok, err := decodeToken(raw); err == nil {
+			found = append(found, tok.AccessToken)
+		}
+	}
+	if err := b.l1.Delete(ctx, k.token); err != nil {
+		return fmt.Errorf("broker: evict: %w", err)
+	}
+	if b.shared != nil {
+		if tok, ok := b.fromShared(ctx, k.token, false); ok && (len(found) == 0 || found[0] != tok.AccessToken) {
+			found = append(found, tok.AccessToken)
+		}
+		if err := b.shared.Delete(ctx, k.token); err != nil {
+			b.redisError(ctx, "delete", err)
+			return fmt.Errorf("broker: evict: %w", err)
+		}
+		if err := b.shared.PublishInvalidation(ctx, k.token); err != nil {
+			b.redisError(ctx, "publish", err)
+		}
+	}
+	var errs []error
+	for _, access := range found {
+		start := b.now()
+		err := b.tenant.Issuer.Revoke(ctx, b.up.credentials(), access)
+		b.observeUpstream(b.tenant.ID, "revoke", start, err)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: revoke: %w", ErrUpstream, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fromL1 returns a servable token from the in-process cache.
+func (b *Broker) fromL1(ctx context.Context, key string) (qlik.Token, bool) {
+	raw, err := b.l1.Get(ctx, key)
+	if err == nil {
+		if tok, derr := decodeToken(raw); derr == nil && b.servable(tok) {
+			b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultHit).Inc()
+			return tok, true
+		}
+	}
+	b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultMiss).Inc()
+	return qlik.Token{}, false
+}
+
+// fromShared returns a servable token from Redis. Errors, and values that
+// fail to unseal, are misses: the tenant is the source of truth. lookup
+// says whether this is a request's lookup, which is counted, or a re-check
+// while filling, which is not (so one bad value counts once).
+func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (qlik.Token, bool) {
+	if b.shared == nil {
+		return qlik.Token{}, false
+	}
+	result := metrics.ResultMiss
+	defer func() {
+		if lookup {
+			b.m.CacheLookups.WithLabelValues(metrics.TierRedis, result).Inc()
+		}
+	}()
+	raw, err := b.shared.Get(ctx, key)
+	switch {
+	case errors.Is(err, cache.ErrMiss):
+		return qlik.Token{}, false
+	case err != nil:
+		result = metrics.ResultError
+		b.redisError(ctx, "get", err)
+		return qlik.Token{}, false
+	}
+	if b.keyring != nil {
+		if raw, err = b.keyring.Open([]byte(key), raw); err != nil {
+			if lookup {
+				b.m.UnsealFailures.WithLabelValues(cache.UnsealReason(err)).Inc()
+				b.log.WarnContext(ctx, "cached token failed to unseal; treating it as a miss", "reason", cache.UnsealReason(err))
+			}
+			return qlik.Token{}, false
+		}
+	}
+	tok, err := decodeToken(raw)
+	if err != nil || !b.servable(tok) {
+		return qlik.Token{}, false
+	}
+	result = metrics.ResultHit
+	return tok, true
+}
+
+// putL1 keeps tok in the in-process cache, for at most L1TTL when Redis
+// is the shared source of truth. It does not replace a token that lives
+// longer: a request that read Redis just before a refresh landed must not
+// put the old token back.
+func (b *Broker) putL1(ctx context.Context, key string, tok qlik.Token) {
+	if raw, err := b.l1.Get(ctx, key); err == nil {
+		if cur, err := decodeToken(raw); err == nil && cur.ExpiresAt.After(tok.ExpiresAt) {
+			return
+		}
+	}
+	ttl := b.cacheTTL(tok)
+	if b.shared != nil {
+		ttl = min(ttl, b.l1TTL)
+	}
+	if ttl > 0 {
+		_ = b.l1.Set(ctx, key, encodeToken(tok), ttl) // in-process: cannot fail
+	}
+}
+
+func (b *Broker) seal(key string, tok qlik.Token) []byte {
+	raw := encodeToken(tok)
+	if b.keyring == nil {
+		return raw
+	}
+	return b.keyring.Seal([]byte(key), raw)
+}
+
+func (b *Broker) redisError(ctx context.Context, op string, err error) {
+	b.m.RedisErrors.WithLabelValues(op).Inc()
+	b.log.DebugContext(ctx, "redis operation failed", "op", op, "err", err)
+}
+
+func (b *Broker) observeUpstream(tenant, endpoint string, start time.Time, err error) {
+	b.m.UpstreamRequests.WithLabelValues(tenant, endpoint, outcome(err)).Inc()
+	b.m.UpstreamDuration.WithLabelValues(tenant, endpoint).Observe(b.now().Sub(start).Seconds())
+}
+
+// outcome classifies an upstream error into a bounded metrics label.
+func outcome(err error) string {
+	var qe *qlik.Error
+	switch {
+	case err == nil:
+		return metrics.OutcomeSuccess
+	case errors.As(err, &qe) && qe.StatusCode == 429:
+		return metrics.OutcomeRateLimited
+	case errors.As(err, &qe) && qe.StatusCode >= 500:
+		return metrics.OutcomeServerError
+	case errors.As(err, &qe):
+		return metrics.OutcomeClientError
+	case errors.Is(err, qlik.ErrMalformedResponse):
+		return metrics.OutcomeMalformed
+	case errors.Is(err, context.DeadlineExceeded):
+		return metrics.OutcomeTimeout
+	default:
+		return metrics.OutcomeNetwork
+	}
+}
+
+// noL1 stands in for a turned-off L1: it holds nothing.
+type noL1 struct{}
+
+func (noL1) Get(context.Context, string) ([]byte, error)              { return nil, cache.ErrMiss }
+func (noL1) Set(context.Context, string, []byte, time.Duration) error { return nil }
+func (noL1) Delete(context.Context, string) error                     { return nil }
+
+// cachedToken is the stored form of a token.
+type cachedToken struct {
+	AccessToken string    `json:"a"`
+	TokenType   string    `json:"t,omitempty"`
+	Scope       string    `json:"s,omitempty"`
+	ExpiresAt   time.Time `json:"e"`
+}
+
+func encodeToken(t qlik.Token) []byte {
+	raw, _ := json.Marshal(cachedToken(t)) // cannot fail: strings and a time
+	return raw
+}
+
+func decodeToken(raw []byte) (qlik.Token, error) {
+	var c cachedToken
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return qlik.Token{}, fmt.Errorf("broker: decode cached token: %w", err)
+	}
+	return qlik.Token(c), nil
+}

@@ -1,0 +1,405 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/qtb-dev/qlik-token-broker/metrics"
+	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/session"
+)
+
+// APIConfig wires the HTTP API.
+type APIConfig struct {
+	Broker   *Broker
+	Verifier *session.Verifier
+	// SessionCookie, when set, is a cookie the session token may come in.
+	SessionCookie string
+	// AllowedOrigins lists the exact browser origins (scheme://host[:port])
+	// allowed to call the API with credentials. Requests without an Origin
+	// header (servers, curl) are not affected.
+	AllowedOrigins []string
+	// Ready reports whether the broker can serve; nil means always ready.
+	Ready func(ctx context.Context) error
+	// MaxBodyBytes caps request bodies; default 64 KiB.
+	MaxBodyBytes int64
+	// UserRate, when positive, limits each identity's /v1/token requests
+	// to this many per second (token bucket of UserBurst, default 10);
+	// beyond it the caller gets 429 with Retry-After.
+	UserRate  float64
+	UserBurst int
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+}
+
+// API is the broker's HTTP interface.
+type API struct {
+	broker  *Broker
+	users   *userLimiter // nil: no per-identity limit
+	origins map[string]bool
+	ready   func(ctx context.Context) error
+	m       *metrics.Metrics
+	log     *slog.Logger
+}
+
+// NewAPI returns the echo instance serving the broker's routes. It panics on
+// a missing Broker, Verifier or Metrics: that is a wiring bug.
+func NewAPI(cfg APIConfig) *echo.Echo {
+	if cfg.Broker == nil || cfg.Verifier == nil || cfg.Metrics == nil {
+		panic("broker: NewAPI needs a Broker, a Verifier and Metrics")
+	}
+	a := &API{
+		broker:  cfg.Broker,
+		origins: make(map[string]bool, len(cfg.AllowedOrigins)),
+		ready:   cfg.Ready,
+		m:       cfg.Metrics,
+		log:     cfg.Logger,
+	}
+	for _, o := range cfg.AllowedOrigins {
+		a.origins[o] = true
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.UserRate > 0 {
+		a.users = newUserLimiter(cfg.UserRate, cfg.UserBurst, cfg.Broker.now)
+	}
+	if a.ready == nil {
+		a.ready = func(context.Context) error { return nil }
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 10
+	}
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = a.handleError
+	e.Use(a.instrument, securityHeaders)
+
+	sessionMW := session.MiddlewareWithConfig(session.MiddlewareConfig{
+		Verifier:   cfg.Verifier,
+		CookieName: cfg.SessionCookie,
+		ErrorHandler: func(c echo.Context, err error) error {
+			a.m.SessionRejections.WithLabelValues(string(session.ReasonOf(err))).Inc()
+			return err
+		},
+	})
+	bodyLimit := middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{Limit: strconv.FormatInt(cfg.MaxBodyBytes, 10) + "B"})
+	a.routes(e, sessionMW, bodyLimit)
+	return e
+}
+
+// routes registers every route in one place.
+func (a *API) routes(e *echo.Echo, sessionMW, bodyLimit echo.MiddlewareFunc) {
+	e.GET("/healthz", a.healthz)
+	e.GET("/readyz", a.readyz)
+
+	e.OPTIONS("/v1/token", a.preflight)
+	e.GET("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.limitUser)
+	e.POST("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.limitUser)
+	e.DELETE("/v1/token", a.logout, a.originGuard, bodyLimit, sessionMW)
+}
+
+// tokenResponse is the JSON body of a successful /v1/token.
+type tokenResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	Scope       string `json:"scope"`
+	ExpiresAt   string `json:"expires_at"`
+	ExpiresIn   int64  `json:"expires_in"`
+}
+
+func (a *API) token(c echo.Context) error {
+	id, _ := session.IdentityFrom(c)
+	tok, err := a.broker.Token(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	h := c.Response().Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+	if prefersText(c.Request().Header.Get(echo.HeaderAccept)) {
+		return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, []byte(tok.AccessToken))
+	}
+	return c.JSON(http.StatusOK, tokenResponse{
+		AccessToken: tok.AccessToken,
+		TokenType:   "bearer",
+		Scope:       tok.Scope,
+		ExpiresAt:   tok.ExpiresAt.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+		ExpiresIn:   int64(tok.ExpiresAt.Sub(a.broker.now()) / time.Second),
+	})
+}
+
+func (a *API) logout(c echo.Context) error {
+	id, _ := session.IdentityFrom(c)
+	if err := a.broker.Evict(c.Request().Context(), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (a *API) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *API) readyz(c echo.Context) error {
+	if err := a.ready(c.Request().Context()); err != nil {
+		a.log.WarnContext(c.Request().Context(), "not ready", "err", err)
+		return c.JSON(http.StatusServiceUnavailable, errorBody{Error: "not_ready", Message: "the broker is not ready to serve tokens"})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// prefersText reports whether an Accept header asks for text/plain before
+// any JSON type, which is what a qlik-embed getAccessToken wrapper wants.
+func prefersText(accept string) bool {
+	for part := range strings.SplitSeq(accept, ",") {
+		mt, _, _ := strings.Cut(part, ";")
+		switch strings.ToLower(strings.TrimSpace(mt)) {
+		case "text/plain":
+			return true
+		case "application/json", "*/*", "application/*":
+			return false
+		}
+	}
+	return false
+}
+
+// userRateLimitedError is a caller over its per-identity rate.
+type userRateLimitedError struct{ retryAfter time.Duration }
+
+func (e *userRateLimitedError) Error() string { return "broker: identity over its request rate" }
+
+// limitUser applies the per-identity rate limit after the session is
+// verified, before any token work.
+func (a *API) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if a.users == nil {
+			return next(c)
+		}
+		id, _ := session.IdentityFrom(c)
+		if wait, ok := a.users.allow(id.Tenant + "\x00" + id.UserField + "\x00" + id.UserValue); !ok {
+			a.m.Rejections.WithLabelValues(metrics.RejectUserRateLimit).Inc()
+			return &userRateLimitedError{retryAfter: wait}
+		}
+		return next(c)
+	}
+}
+
+// errOriginNotAllowed is returned for a browser request from an origin that
+// is not on the allow-list.
+var errOriginNotAllowed = errors.New("broker: origin not allowed")
+
+// originGuard rejects a disallowed Origin before any session or token work
+// and sets the CORS response headers for an allowed one. echo's CORS
+// middleware would still run the handler for a disallowed origin.
+func (a *API) originGuard(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Add(echo.HeaderVary, echo.HeaderOrigin)
+		origin := c.Request().Header.Get(echo.HeaderOrigin)
+		if origin == "" {
+			return next(c)
+		}
+		if !a.origins[origin] {
+			a.m.OriginRejections.Inc()
+			return errOriginNotAllowed
+		}
+		h.Set(echo.HeaderAccessControlAllowOrigin, origin)
+		h.Set(echo.HeaderAccessControlAllowCredentials, "true")
+		return next(c)
+	}
+}
+
+// preflight answers CORS preflight requests for /v1/token.
+func (a *API) preflight(c echo.Context) error {
+	h := c.Response().Header()
+	h.Add(echo.HeaderVary, echo.HeaderOrigin)
+	h.Add(echo.HeaderVary, echo.HeaderAccessControlRequestMethod)
+	h.Add(echo.HeaderVary, echo.HeaderAccessControlRequestHeaders)
+	origin := c.Request().Header.Get(echo.HeaderOrigin)
+	if origin == "" || !a.origins[origin] {
+		a.m.OriginRejections.Inc()
+		return errOriginNotAllowed
+	}
+	h.Set(echo.HeaderAccessControlAllowOrigin, origin)
+	h.Set(echo.HeaderAccessControlAllowCredentials, "true")
+	h.Set(echo.HeaderAccessControlAllowMethods, "GET, POST, DELETE")
+	h.Set(echo.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Accept")
+	h.Set(echo.HeaderAccessControlMaxAge, "600")
+	return c.NoContent(http.StatusNoContent)
+}
+
+func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		return next(c)
+	}
+}
+
+// instrument records request count and latency by route template. It
+// renders errors itself so the status it records is the one sent.
+func (a *API) instrument(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		if err := next(c); err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" || c.Response().Status == http.StatusNotFound && route == "/*" {
+			route = "unmatched"
+		}
+		a.m.HTTPRequests.WithLabelValues(route, c.Request().Method, strconv.Itoa(c.Response().Status)).Inc()
+		a.m.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		return nil
+	}
+}
+
+// errorBody is the JSON body of every error response.
+type errorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+// apiError is an error as the caller sees it.
+type apiError struct {
+	status     int
+	code       string
+	message    string
+	retryAfter time.Duration
+}
+
+// handleError is the one place errors become HTTP responses. Internal detail
+// goes to the log, never to the caller.
+func (a *API) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	ae := classify(err)
+	ctx := c.Request().Context()
+	switch {
+	case ae.status >= 500:
+		a.log.ErrorContext(ctx, "request failed", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	case ae.status == http.StatusUnauthorized || ae.status == http.StatusForbidden:
+		a.log.InfoContext(ctx, "request refused", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	default:
+		a.log.DebugContext(ctx, "request rejected", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	}
+	h := c.Response().Header()
+	if ae.status == http.StatusUnauthorized {
+		h.Set(echo.HeaderWWWAuthenticate, `Bearer realm="qlik-token-broker", error="invalid_token"`)
+	}
+	if ae.retryAfter > 0 {
+		h.Set(echo.HeaderRetryAfter, strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))
+	}
+	h.Set("Cache-Control", "no-store")
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(ae.status)
+		return
+	}
+	_ = c.JSON(ae.status, errorBody{Error: ae.code, Message: ae.message})
+}
+
+// classify maps an error to what the caller is told.
+func classify(err error) apiError {
+	var (
+		se *session.Error
+		qe *qlik.Error
+		he *echo.HTTPError
+		ue *UnavailableError
+		re *userRateLimitedError
+	)
+	switch {
+	case errors.As(err, &re):
+		return apiError{status: http.StatusTooManyRequests, code: "rate_limited",
+			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
+	case errors.As(err, &ue):
+		return classifyUnavailable(ue)
+	case errors.Is(err, ErrUnknownUser):
+		return apiError{status: http.StatusForbidden, code: "unknown_user",
+			message: "the Qlik tenant has no active user matching this session"}
+	case errors.Is(err, ErrInvalidClient):
+		return apiError{status: http.StatusBadGateway, code: "upstream_misconfigured",
+			message: "the Qlik tenant refused the broker's OAuth client credentials; an operator must fix them"}
+	case errors.As(err, &se):
+		return apiError{status: http.StatusUnauthorized, code: "invalid_session",
+			message: "the session token was rejected (" + string(se.Reason) + ")"}
+	case errors.Is(err, errOriginNotAllowed):
+		return apiError{status: http.StatusForbidden, code: "origin_not_allowed",
+			message: "this origin may not call the token broker"}
+	case errors.As(err, &qe):
+		return classifyUpstream(qe)
+	case errors.Is(err, qlik.ErrMalformedResponse), errors.Is(err, ErrTokenTooShortLived):
+		return apiError{status: http.StatusBadGateway, code: "upstream_malformed",
+			message: "the Qlik tenant sent an unusable token response"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return apiError{status: http.StatusGatewayTimeout, code: "upstream_timeout",
+			message: "the Qlik tenant did not answer in time"}
+	case errors.Is(err, context.Canceled):
+		// The caller went away; the status is for the logs and metrics.
+		return apiError{status: 499, code: "canceled", message: "request canceled"}
+	case errors.As(err, &he):
+		return classifyEcho(he)
+	case errors.Is(err, ErrFetchPanicked):
+		return apiError{status: http.StatusInternalServerError, code: "internal", message: "internal error"}
+	}
+	if errors.Is(err, ErrUpstream) {
+		return apiError{status: http.StatusBadGateway, code: "upstream_unavailable",
+			message: "the Qlik tenant could not be reached"}
+	}
+	return apiError{status: http.StatusInternalServerError, code: "internal", message: "internal error"}
+}
+
+func classifyUnavailable(ue *UnavailableError) apiError {
+	ae := apiError{status: http.StatusServiceUnavailable, retryAfter: ue.RetryAfter}
+	switch ue.Cause {
+	case metrics.RejectCooldown:
+		ae.code, ae.message = "upstream_rate_limited", "the Qlik tenant is rate limiting token requests; retry later"
+	case metrics.RejectBreakerOpen:
+		ae.code, ae.message = "upstream_unavailable", "the Qlik tenant is failing; retry later"
+	default:
+		ae.code, ae.message = "upstream_busy", "too many token requests are waiting for the Qlik tenant; retry later"
+	}
+	return ae
+}
+
+func classifyUpstream(qe *qlik.Error) apiError {
+	switch {
+	case qe.StatusCode == http.StatusTooManyRequests:
+		return apiError{status: http.StatusServiceUnavailable, code: "upstream_rate_limited",
+			message: "the Qlik tenant is rate limiting token requests; retry later", retryAfter: qe.RetryAfter}
+	case qe.StatusCode == http.StatusForbidden:
+		return apiError{status: http.StatusForbidden, code: "user_forbidden",
+			message: "the Qlik tenant refused a token for this user (disabled, or too many tokens)"}
+	case qe.StatusCode >= 500:
+		return apiError{status: http.StatusBadGateway, code: "upstream_unavailable",
+			message: "the Qlik tenant failed to issue a token"}
+	default:
+		return apiError{status: http.StatusBadGateway, code: "upstream_rejected",
+			message: "the Qlik tenant rejected the token request"}
+	}
+}
+
+func classifyEcho(he *echo.HTTPError) apiError {
+	code := map[int]string{
+		http.StatusNotFound:              "not_found",
+		http.StatusMethodNotAllowed:      "method_not_allowed",
+		http.StatusRequestEntityTooLarge: "request_too_large",
+		http.StatusUnauthorized:          "invalid_session",
+		http.StatusBadRequest:            "bad_request",
+	}[he.Code]
+	if code == "" {
+		code = "error"
+	}
+	return apiError{status: he.Code, code: code, message: strings.ToLower(http.StatusText(he.Code))}
+}

@@ -1,0 +1,369 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/qtb-dev/qlik-token-broker/cache/redistest"
+	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
+)
+
+// envFunc turns a map into a getenv.
+func envFunc(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestInvalidConfigurationNamesEveryProblem(t *testing.T) {
+	const sentinel = "s3cr3t-SENTINEL-value"
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"serve", "--scope", "user_default"}, envFunc(map[string]string{
+		"QTB_CLIENT_SECRET":       sentinel,
+		"QTB_SESSION_HMAC_SECRET": sentinel,
+		"QTB_SESSION_JWKS_URL":    "https://idp.example.com/jwks",
+		"QTB_LISTEN":              "not-an-address",
+		"QTB_TENANT_URL":          "http://tenant.example.com",
+		"QTB_USER_LOOKUP":         "email",
+		"QTB_SESSION_LEEWAY":      "soon",
+		"QTB_REDIS_URL":           "memcached://" + sentinel + "@localhost",
+		"QTB_CORS_ORIGINS":        "https://*.example.com,https://ok.example.com",
+		"QTB_LOG_FORMAT":          "xml",
+	}), &stdout, &stderr)
+	if err == nil {
+		t.Fatal("run accepted an invalid configuration")
+	}
+	msg := err.Error()
+	for _, name := range []string{"QTB_CLIENT_ID", "QTB_LISTEN", "QTB_TENANT_URL", "QTB_USER_LOOKUP", "QTB_SESSION_LEEWAY",
+		"QTB_SESSION_HMAC_SECRET", "QTB_REDIS_URL", "QTB_CORS_ORIGINS", "QTB_LOG_FORMAT"} {
+		if !strings.Contains(msg, name) {
+			t.Errorf("error does not name %s:\n%s", name, msg)
+		}
+	}
+	if strings.Contains(msg+stdout.String()+stderr.String(), sentinel) {
+		t.Errorf("a secret value leaked into the error or output:\n%s", msg)
+	}
+}
+
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "client-secret")
+	if err := os.WriteFile(path, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{
+		"QTB_TENANT_URL": "https://acme.eu.qlikcloud.com", "QTB_CLIENT_ID": "c",
+		"QTB_SESSION_HMAC_SECRET": strings.Repeat("k", 32), "QTB_CLIENT_SECRET_FILE": path,
+	}
+	cfg, err := loadConfig(defaultConfig(), "serve", nil, envFunc(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ClientSecret != "from-file" {
+		t.Errorf("client secret from file = %q", string(cfg.ClientSecret))
+	}
+	base["QTB_CLIENT_SECRET"] = "inline"
+	if _, err := loadConfig(defaultConfig(), "serve", nil, envFunc(base)); err == nil || !strings.Contains(err.Error(), "set one, not both") {
+		t.Errorf("secret set twice: %v", err)
+	}
+	delete(base, "QTB_CLIENT_SECRET")
+	base["QTB_CLIENT_SECRET_FILE"] = filepath.Join(dir, "missing")
+	if _, err := loadConfig(defaultConfig(), "serve", nil, envFunc(base)); err == nil || !strings.Contains(err.Error(), "QTB_CLIENT_SECRET_FILE") {
+		t.Errorf("missing secret file: %v", err)
+	}
+	// Flags override the environment.
+	delete(base, "QTB_CLIENT_SECRET_FILE")
+	base["QTB_CLIENT_SECRET"] = "env"
+	cfg, err = loadConfig(defaultConfig(), "serve", []string{"--client-id", "from-flag"}, envFunc(base))
+	if err != nil || cfg.ClientID != "from-flag" {
+		t.Errorf("flag override: %v %q", err, cfg.ClientID)
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := secret("hunter2")
+	for _, out := range []string{s.String(), s.GoString(), s.LogValue().String()} {
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("secret printed as %q", out)
+		}
+	}
+	raw, _ := json.Marshal(struct{ S secret }{s})
+	if strings.Contains(string(raw), "hunter2") {
+		t.Errorf("secret marshalled as %s", raw)
+	}
+}
+
+// TestDemo runs the demo as a newcomer would: it runs the curl lines the demo
+// prints, in a shell.
+func TestDemo(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	listening := make(chan struct{})
+	var apiAddr net.Addr
+	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(api, metrics net.Addr) { apiAddr = api; close(listening) }))
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, envFunc(nil), &stdout, &stderr)
+	}()
+	select {
+	case <-listening:
+	case err := <-done:
+		t.Fatalf("demo exited: %v\n%s", err, stderr.String())
+	}
+
+	var curls []string
+	for line := range strings.SplitSeq(stdout.String(), "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "curl ") {
+			curls = append(curls, l)
+		}
+	}
+	if len(curls) != 2 {
+		t.Fatalf("want 2 curl lines in the demo output, got:\n%s", stdout.String())
+	}
+	out, err := exec.Command("bash", "-c", curls[0]+` -w '\n%{http_code}'`).Output()
+	if err != nil {
+		t.Fatalf("first curl: %v", err)
+	}
+	trimmed := strings.TrimSpace(string(out))
+	cut := strings.LastIndexByte(trimmed, '\n')
+	body, code := trimmed[:max(cut, 0)], trimmed[cut+1:]
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
+	}
+	if code != "200" || json.Unmarshal([]byte(body), &tok) != nil || tok.AccessToken == "" || tok.ExpiresIn < 21000 {
+		t.Fatalf("first curl: status %s body %s", code, body)
+	}
+	out, err = exec.Command("bash", "-c", curls[1]).Output()
+	if err != nil {
+		t.Fatalf("second curl: %v", err)
+	}
+	var me struct{ ID, Name string }
+	if json.Unmarshal(out, &me) != nil || me.Name != "Ada Lovelace" || !strings.Contains(stdout.String(), me.ID) {
+		t.Fatalf("users/me says %s", out)
+	}
+
+	// The container HEALTHCHECK: 0 against the running broker, non-zero
+	// against a port where nothing listens.
+	if err := run(context.Background(), []string{"healthcheck", "--url", "http://" + apiAddr.String() + "/healthz"}, envFunc(nil), io.Discard, io.Discard); err != nil {
+		t.Errorf("healthcheck against the running broker: %v", err)
+	}
+	if err := run(context.Background(), []string{"healthcheck"}, envFunc(map[string]string{"QTB_LISTEN": freeAddr(t)}), io.Discard, io.Discard); err == nil {
+		t.Error("healthcheck succeeded with no broker listening")
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("demo did not shut down cleanly: %v", err)
+	}
+}
+
+// freeAddr returns a loopback address where nothing listens.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// brokerProcess is the broker binary running as a child process.
+type brokerProcess struct {
+	cmd    *exec.Cmd
+	api    string
+	stderr *syncBuffer
+	exited chan error
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "qlik-token-broker")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+var listeningLine = regexp.MustCompile(`"msg":"listening","api":"([^"]+)"`)
+
+func startBroker(t *testing.T, bin string, env map[string]string) *brokerProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	pr, pw := io.Pipe()
+	p := &brokerProcess{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			p.stderr.Write(append(sc.Bytes(), '\n'))
+			if m := listeningLine.FindSubmatch(sc.Bytes()); m != nil {
+				select {
+				case addr <- string(m[1]):
+				default:
+				}
+			}
+		}
+	}()
+	go func() { p.exited <- cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.exited
+	})
+	select {
+	case p.api = <-addr:
+	case err := <-p.exited:
+		p.exited <- err
+		t.Fatalf("broker exited before listening: %v\n%s", err, p.stderr.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("broker did not start listening:\n%s", p.stderr.String())
+	}
+	return p
+}
+
+func (p *brokerProcess) token(t *testing.T, session string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+p.api+"/v1/token", nil)
+	req.Header.Set("Authorization", "Bearer "+session)
+	req.Header.Set("Accept", "text/plain")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("token: %d %s\n%s", resp.StatusCode, body, p.stderr.String())
+	}
+	return string(body)
+}
+
+// TestServeProcessesShareRedis runs two broker processes on one real Redis
+// against the fake tenant over HTTP.
+func TestServeProcessesShareRedis(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	rs := redistest.Start(t)
+	tn, err := qliktest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	oc := tn.AddClient(qliktest.OAuthClient{ID: "client-e2e", Secret: "e2e-client-secret"})
+	ada := tn.AddUser(qliktest.User{Name: "Ada", Subject: "idp|ada", Status: "active"})
+
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "client-secret")
+	if err := os.WriteFile(secretFile, []byte(oc.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hmacKey := "an-hmac-key-of-at-least-32-bytes-long!"
+	env := map[string]string{
+		"QTB_TENANT_URL":          tn.URL(),
+		"QTB_CLIENT_ID":           oc.ID,
+		"QTB_CLIENT_SECRET_FILE":  secretFile,
+		"QTB_SESSION_HMAC_SECRET": hmacKey,
+		"QTB_USER_CLAIM":          "qlik_subject",
+		"QTB_USER_LOOKUP":         "subject",
+		"QTB_REDIS_URL":           rs.URL(),
+		"QTB_LOG_LEVEL":           "debug",
+	}
+	session, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": "app-user-1", "qlik_subject": ada.Subject, "exp": time.Now().Add(time.Hour).Unix(),
+	}).SignedString([]byte(hmacKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a := startBroker(t, bin, env)
+	first := a.token(t, session)
+	if u, err := tn.TokenUser(first); err != nil || u.ID != ada.ID {
+		t.Fatalf("token acts for %v (%v), want %s", u.ID, err, ada.ID)
+	}
+	if n := tn.UserTokenCalls(ada.ID); n != 1 {
+		t.Fatalf("first request: %d upstream calls, want 1", n)
+	}
+	if again := a.token(t, session); again != first || tn.UserTokenCalls(ada.ID) != 1 {
+		t.Fatalf("second request on A: same token %v, upstream calls %d", again == first, tn.UserTokenCalls(ada.ID))
+	}
+
+	b := startBroker(t, bin, env)
+	if fromB := b.token(t, session); fromB != first {
+		t.Fatal("replica B served a different token")
+	}
+	if n := tn.UserTokenCalls(ada.ID); n != 1 {
+		t.Fatalf("replica B made an upstream call: %d calls", n)
+	}
+
+	// Nothing secret in either process's logs, even at debug level.
+	for _, p := range []*brokerProcess{a, b} {
+		logs := p.stderr.String()
+		for _, s := range []string{oc.Secret, hmacKey, first, session} {
+			if strings.Contains(logs, s) {
+				t.Fatalf("a secret or token appears in the logs:\n%s", logs)
+			}
+		}
+	}
+
+	// SIGTERM drains and exits 0.
+	for _, p := range []*brokerProcess{a, b} {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-p.exited:
+			if err != nil {
+				t.Errorf("exit after SIGTERM: %v\n%s", err, p.stderr.String())
+			}
+			p.exited <- err
+		case <-time.After(20 * time.Second):
+			t.Fatal("no exit after SIGTERM")
+		}
+	}
+}
