@@ -128,8 +128,10 @@ func fieldByJSONName(t reflect.Type, name string) (reflect.StructField, bool) {
 func jsonReason(err error) string {
 	var te *json.UnmarshalTypeError
 	switch {
+	case errors.As(err, &te) && te.Field == "":
+		return "the body has the wrong JSON type."
 	case errors.As(err, &te):
-		return fmt.Sprintf("%s must be %s.", te.Field, te.Type)
+		return te.Field + " has the wrong JSON type."
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + "."
 	default:

@@ -113,7 +113,10 @@ type filterParser struct {
 	toks  []filterToken
 	i     int
 	attrs []string
+	depth int // of parentheses, bounded so a hostile filter cannot recurse deeply
 }
+
+const maxFilterDepth = 32
 
 func (p *filterParser) peekKeyword(kw string) bool {
 	return p.i < len(p.toks) && !p.toks[p.i].quoted && strings.EqualFold(p.toks[p.i].text, kw)
@@ -153,6 +156,10 @@ func (p *filterParser) unary() (filterExpr, error) {
 		return notExpr{e}, err
 	}
 	if p.peekKeyword("(") {
+		if p.depth++; p.depth > maxFilterDepth {
+			return nil, errors.New("too many nested parentheses")
+		}
+		defer func() { p.depth-- }()
 		p.i++
 		e, err := p.or()
 		if err != nil {
