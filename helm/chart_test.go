@@ -87,8 +87,14 @@ var knownMetrics = []string{
 	"qlik_token_broker_token_coalesced_requests_total",
 	"qlik_token_broker_token_leases_total",
 	"qlik_token_broker_token_refreshes_total",
+	"qlik_token_broker_token_rejections_total",
+	"qlik_token_broker_upstream_breaker_state",
+	"qlik_token_broker_upstream_cooldown_until_timestamp_seconds",
+	"qlik_token_broker_upstream_invalid_credentials_total",
+	"qlik_token_broker_upstream_queue_wait_seconds_bucket",
 	"qlik_token_broker_upstream_request_duration_seconds_bucket",
 	"qlik_token_broker_upstream_requests_total",
+	"qlik_token_broker_upstream_retries_total",
 }
 
 var metricName = regexp.MustCompile(`qlik_token_broker_[a-z_]+`)
@@ -582,6 +588,8 @@ func TestRefusedValues(t *testing.T) {
 			"QTB_CLIENT_SECRET: set by the chart"},
 		"key in extraEnv": {[]string{"--set-json", `extraEnv=[{"name":"PARTNER_API_KEY","value":"s3cret"}]`},
 			"PARTNER_API_KEY: secrets go in files"},
+		"upstream rate in extraEnv": {[]string{"--set-json", `extraEnv=[{"name":"QTB_UPSTREAM_RATE","value":"30"}]`},
+			"QTB_UPSTREAM_RATE: set by the chart"},
 		"subPath mount": {[]string{"--set-json", `extraVolumeMounts=[{"name":"ca","mountPath":"/etc/ca/ca.pem","subPath":"ca.pem"}]`},
 			"subPath"},
 		"two session key sources": {[]string{"--set", "config.session.jwksUrl=https://app.example.com/jwks.json"}, "exactly one session key source"},
@@ -607,6 +615,9 @@ func TestRefusedValues(t *testing.T) {
 		"min token ttl too long":  {[]string{"--set", "config.minTokenTtl=3h0m1s", "--set", "config.refreshAhead=4h"}, "config.minTokenTtl (QTB_MIN_TOKEN_TTL) must be between 1m and 3h"},
 		"token skew too long":     {[]string{"--set", "config.tokenSkew=61m"}, "config.tokenSkew"},
 		"l1 ttl zero":             {[]string{"--set-string", "config.l1Ttl=0s"}, "config.l1Ttl"},
+		"breaker open too short":  {[]string{"--set", "config.upstreamBreakerOpen=500ms"}, "config.upstreamBreakerOpen (QTB_UPSTREAM_BREAKER_OPEN) must be at least 1s"},
+		"too many retries":        {[]string{"--set", "config.upstreamRetries=11"}, "/config/upstreamRetries"},
+		"negative upstream rate":  {[]string{"--set", "config.upstreamRate=-1"}, "/config/upstreamRate"},
 		"same api and metrics":    {[]string{"--set", "ports.metrics=8080"}, "must differ"},
 		"tenants twice":           {[]string{"--set", "tenants.existingConfigMap=a", "--set", "tenants.inline=x: 1"}, "not both"},
 		"unknown top-level value": {[]string{"--set", "clientSecret=s3cret"}, "additional properties 'clientSecret' not allowed"},
@@ -659,14 +670,16 @@ func TestDefaults(t *testing.T) {
 		"QTB_LISTEN": ":8080", "QTB_METRICS_LISTEN": ":9090", "QTB_SHUTDOWN_TIMEOUT": "15s",
 		"QTB_SCOPE": "user_default", "QTB_USER_LOOKUP": "userId", "QTB_LOG_FORMAT": "json",
 		"QTB_TOKEN_SKEW": "60s", "QTB_MIN_TOKEN_TTL": "10m", "QTB_REFRESH_AHEAD": "1h", "QTB_L1_TTL": "5m",
-		"QTB_L1_MAX_ENTRIES": "100000",
+		"QTB_L1_MAX_ENTRIES": "100000", "QTB_UPSTREAM_CONCURRENCY": "8",
+		"QTB_UPSTREAM_RETRIES": "2", "QTB_UPSTREAM_BREAKER_FAILURES": "5", "QTB_UPSTREAM_BREAKER_OPEN": "30s", "QTB_USER_BURST": "10",
 	} {
 		if vars[k] != want {
 			t.Errorf("%s=%q, want %q", k, vars[k], want)
 		}
 	}
 	for _, unset := range []string{"QTB_REDIS_URL", "QTB_REDIS_MODE", "QTB_REDIS_ADDRS", "QTB_REDIS_MASTER_NAME", "QTB_REDIS_CA_FILE",
-		"QTB_REDIS_PASSWORD_FILE", "QTB_CORS_ORIGINS", "QTB_CACHE_KEY_FILE", "QTB_TENANTS_FILE", "QTB_SESSION_ALGORITHMS", "QTB_L1_ENABLED"} {
+		"QTB_REDIS_PASSWORD_FILE", "QTB_CORS_ORIGINS", "QTB_CACHE_KEY_FILE", "QTB_TENANTS_FILE", "QTB_SESSION_ALGORITHMS", "QTB_L1_ENABLED",
+		"QTB_UPSTREAM_RATE", "QTB_UPSTREAM_BURST", "QTB_USER_RATE"} {
 		if _, ok := vars[unset]; ok {
 			t.Errorf("%s is set by default", unset)
 		}
@@ -870,6 +883,15 @@ func TestAllOptions(t *testing.T) {
 		"QTB_L1_MAX_ENTRIES":     "50000",
 		"QTB_SHUTDOWN_TIMEOUT":   "20s",
 		"SSL_CERT_DIR":           "/etc/ssl/certs:/etc/qlik-token-broker/ca",
+		// 0 retries means none, so it is rendered; rates keep decimals.
+		"QTB_UPSTREAM_CONCURRENCY":      "12",
+		"QTB_UPSTREAM_RATE":             "7.5",
+		"QTB_UPSTREAM_BURST":            "4",
+		"QTB_UPSTREAM_RETRIES":          "0",
+		"QTB_UPSTREAM_BREAKER_FAILURES": "3",
+		"QTB_UPSTREAM_BREAKER_OPEN":     "45s",
+		"QTB_USER_RATE":                 "20",
+		"QTB_USER_BURST":                "5",
 	} {
 		if vars[k] != want {
 			t.Errorf("%s=%q, want %q", k, vars[k], want)
@@ -916,8 +938,17 @@ func TestAllOptions(t *testing.T) {
 		t.Errorf("ServiceMonitor selects %v, Service labels %v", sel, m.services[0].Labels)
 	}
 	checkRules(t, m.prometheusRules[0], "QlikTokenBrokerUpstreamFailureRatioHigh",
-		"QlikTokenBrokerInvalidClientCredentials", "QlikTokenBrokerSessionRejectionsHigh",
+		"QlikTokenBrokerInvalidClientCredentials", "QlikTokenBrokerUpstreamBreakerOpen",
+		"QlikTokenBrokerUpstreamCooldownRepeated", "QlikTokenBrokerSessionRejectionsHigh",
 		"QlikTokenBrokerRedisDegraded", "QlikTokenBrokerCacheUnsealFailures", "QlikTokenBrokerDown")
+	for _, g := range dig(m.prometheusRules[0], "spec", "groups").([]any) {
+		for _, r := range g.(map[string]any)["rules"].([]any) {
+			r := r.(map[string]any)
+			if r["alert"] == "QlikTokenBrokerUpstreamCooldownRepeated" && !strings.Contains(fmt.Sprint(r["expr"]), ">= 5") {
+				t.Errorf("metrics.prometheusRule.upstreamCooldownMinutes 5 did not reach the alert: %s", r["expr"])
+			}
+		}
+	}
 
 	dash, ok := m.configMaps["acme-token-broker-dashboard"]
 	if !ok {
@@ -1225,6 +1256,12 @@ func TestDashboard(t *testing.T) {
 		"qlik_token_broker_cache_unseal_failures_total",
 		"qlik_token_broker_redis_errors_total",
 		"qlik_token_broker_redis_degraded",
+		"qlik_token_broker_token_rejections_total",
+		"qlik_token_broker_upstream_breaker_state",
+		"qlik_token_broker_upstream_cooldown_until_timestamp_seconds",
+		"qlik_token_broker_upstream_invalid_credentials_total",
+		"qlik_token_broker_upstream_queue_wait_seconds_bucket",
+		"qlik_token_broker_upstream_retries_total",
 	} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no panel shows %s", want)
