@@ -48,6 +48,12 @@ type config struct {
 	ClientSecret            secret
 	ClientSecretFile        string
 	Scope                   string
+	TenantsFile             string
+	TenantClaim             string
+	AdminClientID           string
+	AdminClientSecret       secret
+	AdminClientSecretFile   string
+	CreateUsers             bool
 	UpstreamTimeout         time.Duration
 	UpstreamConcurrency     int
 	UpstreamRate            float64
@@ -142,6 +148,12 @@ func (c *config) settings() []setting {
 		{"QTB_CLIENT_SECRET", "impersonation OAuth client secret (prefer QTB_CLIENT_SECRET_FILE)", (*secretValue)(&c.ClientSecret)},
 		{"QTB_CLIENT_SECRET_FILE", "file holding the OAuth client secret", (*stringValue)(&c.ClientSecretFile)},
 		{"QTB_SCOPE", "scope requested for impersonation tokens", (*stringValue)(&c.Scope)},
+		{"QTB_TENANTS_FILE", "YAML file listing the tenants (instead of QTB_TENANT_URL/QTB_CLIENT_*); reloaded on change and on SIGHUP", (*stringValue)(&c.TenantsFile)},
+		{"QTB_TENANT_CLAIM", "session claim naming the tenant (required with several tenants)", (*stringValue)(&c.TenantClaim)},
+		{"QTB_ADMIN_CLIENT_ID", "admin OAuth client (scope admin_classic) for email lookups in single-tenant mode", (*stringValue)(&c.AdminClientID)},
+		{"QTB_ADMIN_CLIENT_SECRET", "its secret (prefer the _FILE form)", (*secretValue)(&c.AdminClientSecret)},
+		{"QTB_ADMIN_CLIENT_SECRET_FILE", "file holding the admin client secret", (*stringValue)(&c.AdminClientSecretFile)},
+		{"QTB_CREATE_USERS", "with QTB_USER_LOOKUP=email, create unknown users just in time", (*boolValue)(&c.CreateUsers)},
 		{"QTB_UPSTREAM_TIMEOUT", "timeout of one call to the tenant", (*durationValue)(&c.UpstreamTimeout)},
 		{"QTB_UPSTREAM_CONCURRENCY", "most token calls in flight to the tenant from this replica; more wait", (*intValue)(&c.UpstreamConcurrency)},
 		{"QTB_UPSTREAM_RATE", "token calls per minute this replica may make to the tenant (0: unlimited); Qlik allows about 100 per tenant", (*floatValue)(&c.UpstreamRate)},
@@ -199,6 +211,7 @@ func (c *config) fileSecrets() []struct {
 		{"QTB_CLIENT_SECRET_FILE", "QTB_CLIENT_SECRET", &c.ClientSecretFile, &c.ClientSecret},
 		{"QTB_SESSION_HMAC_SECRET_FILE", "QTB_SESSION_HMAC_SECRET", &c.SessionHMACSecretFile, &c.SessionHMACSecret},
 		{"QTB_REDIS_PASSWORD_FILE", "QTB_REDIS_PASSWORD", &c.RedisPasswordFile, &c.RedisPassword},
+		{"QTB_ADMIN_CLIENT_SECRET_FILE", "QTB_ADMIN_CLIENT_SECRET", &c.AdminClientSecretFile, &c.AdminClientSecret},
 		{"QTB_CACHE_KEY_FILE", "QTB_CACHE_KEY", &c.CacheKeyFile, &c.CacheKey},
 	}
 }
@@ -275,16 +288,28 @@ func (c config) validate() error {
 	if c.Listen == c.MetricsListen && !strings.HasSuffix(c.Listen, ":0") {
 		add("QTB_METRICS_LISTEN", "must differ from QTB_LISTEN")
 	}
-	if c.TenantURL == "" {
-		add("QTB_TENANT_URL", "required")
-	} else if _, err := qlik.New(c.TenantURL, qlik.Options{}); err != nil {
-		add("QTB_TENANT_URL", "%v", err)
-	}
-	if c.ClientID == "" {
-		add("QTB_CLIENT_ID", "required")
-	}
-	if c.ClientSecret == "" && c.ClientSecretFile == "" {
-		add("QTB_CLIENT_SECRET", "required (or QTB_CLIENT_SECRET_FILE)")
+	if c.TenantsFile != "" {
+		if c.TenantURL != "" || c.ClientID != "" || c.ClientSecret != "" || c.AdminClientID != "" {
+			add("QTB_TENANTS_FILE", "replaces QTB_TENANT_URL, QTB_CLIENT_ID, QTB_CLIENT_SECRET(_FILE) and QTB_ADMIN_CLIENT_*: set one or the other")
+		}
+		if _, err := c.loadTenants(); err != nil {
+			add("QTB_TENANTS_FILE", "%v", err)
+		}
+	} else {
+		if c.TenantURL == "" {
+			add("QTB_TENANT_URL", "required (or QTB_TENANTS_FILE)")
+		} else if _, err := qlik.New(c.TenantURL, qlik.Options{}); err != nil {
+			add("QTB_TENANT_URL", "%v", err)
+		}
+		if c.ClientID == "" {
+			add("QTB_CLIENT_ID", "required")
+		}
+		if c.ClientSecret == "" && c.ClientSecretFile == "" {
+			add("QTB_CLIENT_SECRET", "required (or QTB_CLIENT_SECRET_FILE)")
+		}
+		if c.UserLookup == "email" && (c.AdminClientID == "" || c.AdminClientSecret == "") {
+			add("QTB_ADMIN_CLIENT_ID", "QTB_USER_LOOKUP=email needs an admin client (QTB_ADMIN_CLIENT_ID and its secret) to look users up")
+		}
 	}
 	if c.UpstreamTimeout <= 0 {
 		add("QTB_UPSTREAM_TIMEOUT", "must be positive")
@@ -328,8 +353,8 @@ func (c config) validate() error {
 	if c.UserClaim == "" {
 		add("QTB_USER_CLAIM", "must not be empty")
 	}
-	if c.UserLookup != qlik.FieldUserID && c.UserLookup != qlik.FieldSubject {
-		add("QTB_USER_LOOKUP", "must be %q or %q, got %q", qlik.FieldUserID, qlik.FieldSubject, c.UserLookup)
+	if c.UserLookup != qlik.FieldUserID && c.UserLookup != qlik.FieldSubject && c.UserLookup != session.LookupEmail {
+		add("QTB_USER_LOOKUP", "must be %q, %q or %q, got %q", qlik.FieldUserID, qlik.FieldSubject, session.LookupEmail, c.UserLookup)
 	}
 	if c.redisEnabled() {
 		if r, err := cache.NewRedis(c.redisOptions()); err != nil {
@@ -417,18 +442,6 @@ func (c config) upstreamConfig() broker.UpstreamConfig {
 	}
 }
 
-// reloadClientSecret re-reads QTB_CLIENT_SECRET_FILE, for rotation; nil
-// when the secret was given inline.
-func (c config) reloadClientSecret() func() (string, error) {
-	if c.ClientSecretFile == "" {
-		return nil
-	}
-	return func() (string, error) {
-		s, err := readSecretFile(c.ClientSecretFile)
-		return string(s), err
-	}
-}
-
 // redisEnabled reports whether any Redis setting asks for a shared cache.
 func (c config) redisEnabled() bool {
 	return c.RedisURL != "" || len(c.RedisAddrs) > 0
@@ -449,13 +462,14 @@ func (c config) redisOptions() cache.RedisOptions {
 // sessionConfig turns the settings into the session package's config.
 func (c config) sessionConfig() (session.Config, error) {
 	sc := session.Config{
-		JWKSURL:    c.SessionJWKSURL,
-		Algorithms: c.SessionAlgorithms,
-		Issuer:     c.SessionIssuer,
-		Audience:   c.SessionAudience,
-		Leeway:     c.SessionLeeway,
-		UserClaim:  c.UserClaim,
-		UserLookup: c.UserLookup,
+		JWKSURL:     c.SessionJWKSURL,
+		Algorithms:  c.SessionAlgorithms,
+		Issuer:      c.SessionIssuer,
+		Audience:    c.SessionAudience,
+		Leeway:      c.SessionLeeway,
+		UserClaim:   c.UserClaim,
+		UserLookup:  c.UserLookup,
+		TenantClaim: c.TenantClaim,
 	}
 	if c.SessionHMACSecret != "" {
 		sc.HMACSecret = []byte(c.SessionHMACSecret)

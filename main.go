@@ -22,7 +22,6 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
-	"github.com/qtb-dev/qlik-token-broker/qlik"
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
@@ -140,9 +139,9 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	}
 	defer verifier.Close()
 
-	client, err := qlik.New(cfg.TenantURL, qlik.Options{HTTPClient: qlik.NewHTTPClient(cfg.UpstreamTimeout)})
+	tenants, err := cfg.loadTenants()
 	if err != nil {
-		return fmt.Errorf("QTB_TENANT_URL: %w", err)
+		return err
 	}
 
 	reg := metrics.NewRegistry()
@@ -187,13 +186,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	}
 
 	b, err := broker.New(broker.Config{
-		Tenant: broker.Tenant{
-			ID:           "default",
-			Issuer:       client,
-			Credentials:  qlik.Credentials{ClientID: cfg.ClientID, ClientSecret: string(cfg.ClientSecret)},
-			Scope:        cfg.Scope,
-			ReloadSecret: cfg.reloadClientSecret(),
-		},
+		Tenants:      tenants,
 		Upstream:     cfg.upstreamConfig(),
 		L1:           l1,
 		L1TTL:        cfg.L1TTL,
@@ -219,6 +212,11 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		}
 	}()
 	defer func() { stopRun(); <-runDone }()
+	if cfg.TenantsFile != "" {
+		watchDone := make(chan struct{})
+		go func() { defer close(watchDone); watchTenants(runCtx, cfg, b, log, 2*time.Second) }()
+		defer func() { stopRun(); <-watchDone }()
+	}
 
 	api := broker.NewAPI(broker.APIConfig{
 		Broker:         b,
@@ -250,7 +248,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- metricsSrv.Serve(metricsLn) }()
 	log.Info("listening", "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(),
-		"tenant", cfg.TenantURL, "redis", shared != nil, "sealed", keyring != nil, "version", version)
+		"tenants", b.TenantIDs(), "redis", shared != nil, "sealed", keyring != nil, "version", version)
 	if onListen != nil {
 		onListen(apiLn.Addr(), metricsLn.Addr())
 	}

@@ -42,7 +42,7 @@ func newBenchBroker(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{})
 	cfg := broker.Config{
-		Tenant:  broker.Tenant{ID: "acme", Issuer: qc, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"},
+		Tenants: []broker.Tenant{{ID: "acme", Issuer: qc, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
 		Shared:  shared,
 		Keyring: keyring,
 		Metrics: m,

@@ -22,6 +22,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -79,12 +80,33 @@ type Tenant struct {
 	// after the tenant answers 401, so a rotated secret is picked up
 	// without a restart.
 	ReloadSecret func() (string, error)
+	// URL is the tenant's address, for logs and the reverse proxy.
+	URL string
+	// UserLookup, when set, overrides the session's lookup field for this
+	// tenant: userId, subject or email.
+	UserLookup string
+	// AllowedOrigins are browser origins allowed for this tenant's
+	// sessions, on top of the API's global list.
+	AllowedOrigins []string
+	// Directory maps emails to Qlik user ids for sessions that name users
+	// by email; nil refuses such sessions.
+	Directory Directory
+}
+
+// Directory finds Qlik users by email (the users API, with an admin
+// client's credentials). UserIDByEmail fails with ErrUnknownUser when the
+// tenant has no such user and may not create one.
+type Directory interface {
+	UserIDByEmail(ctx context.Context, email string) (string, error)
 }
 
 // Config holds the Broker's dependencies and tuning. Zero durations take the
 // defaults noted.
 type Config struct {
-	Tenant Tenant
+	// Tenants are the tenants served; a session picks one by its tenant
+	// claim, or gets the only one when there is exactly one. SetTenants
+	// replaces them at run time.
+	Tenants []Tenant
 	// L1 is the in-process cache. Nil turns it off, which only makes
 	// sense with Shared (benchmarks of the Redis path).
 	L1 Store
@@ -128,7 +150,8 @@ type Config struct {
 
 // Broker hands out cached user-impersonation tokens.
 type Broker struct {
-	tenant       Tenant
+	tenants      atomic.Pointer[tenantSet]
+	upstreamCfg  UpstreamConfig
 	l1           Store
 	l1TTL        time.Duration
 	shared       Shared
@@ -144,7 +167,6 @@ type Broker struct {
 	leaseTTL     time.Duration
 	leasePoll    time.Duration
 
-	up     *upstream
 	flight singleflight.Group
 
 	// Background refreshes: one per key at a time, with a back-off after
@@ -172,7 +194,7 @@ var (
 // refreshes.
 func New(cfg Config) (*Broker, error) {
 	b := &Broker{
-		tenant:       cfg.Tenant,
+		upstreamCfg:  cfg.Upstream.withDefaults(),
 		l1:           cfg.L1,
 		l1TTL:        orDefault(cfg.L1TTL, 5*time.Minute),
 		shared:       cfg.Shared,
@@ -189,12 +211,6 @@ func New(cfg Config) (*Broker, error) {
 		refreshing:   make(map[string]time.Time),
 	}
 	var errs []error
-	if b.tenant.ID == "" {
-		errs = append(errs, errors.New("broker: tenant id is empty"))
-	}
-	if b.tenant.Issuer == nil {
-		errs = append(errs, errors.New("broker: tenant issuer is nil"))
-	}
 	if b.l1 == nil && b.shared == nil {
 		errs = append(errs, errors.New("broker: needs an L1 store, a shared store or both"))
 	}
@@ -219,7 +235,9 @@ func New(cfg Config) (*Broker, error) {
 	if b.l1 == nil {
 		b.l1 = noL1{}
 	}
-	b.up = newUpstream(b, b.tenant, cfg.Upstream.withDefaults())
+	if err := b.SetTenants(cfg.Tenants); err != nil {
+		return nil, err
+	}
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	return b, nil
 }
@@ -262,33 +280,39 @@ type keys struct {
 // keysFor names the cache entries of one user of one client at one tenant.
 // The user value is HMACed (with the keyring's name key when sealing is on)
 // so no raw identifier reaches the store.
-func (b *Broker) keysFor(user qlik.UserLookup) keys {
+func (b *Broker) keysFor(up *upstream, user qlik.UserLookup) keys {
+	tag := b.hashTag(up.tenant.Credentials.ClientID, user.Field, user.Value, up.tenant.Scope)
+	return keys{token: "qtb:tok:" + up.tenant.ID + tag, lease: "qtb:lock:" + up.tenant.ID + tag}
+}
+
+// hashTag is ":{<HMAC of parts>}", the part of a key name that identifies
+// a user without revealing them, and pins their keys to one Cluster slot.
+func (b *Broker) hashTag(parts ...string) string {
 	h := hmac.New(sha256.New, b.nameKey)
-	for _, part := range []string{b.tenant.Credentials.ClientID, user.Field, user.Value, b.tenant.Scope} {
+	for _, part := range parts {
 		h.Write([]byte(part))
 		h.Write([]byte{0})
 	}
 	var sum [sha256.Size]byte
-	tag := ":{" + base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])) + "}"
-	return keys{token: "qtb:tok:" + b.tenant.ID + tag, lease: "qtb:lock:" + b.tenant.ID + tag}
+	return ":{" + base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])) + "}"
 }
 
 // Token returns a token acting for the identity's Qlik user with at least
 // MinTokenTTL to live. A token inside its refresh-ahead window is returned
 // at once while a background refresh replaces it.
 func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, error) {
-	user := qlik.UserLookup{Field: id.UserField, Value: id.UserValue}
-	if err := user.Validate(); err != nil {
-		return qlik.Token{}, fmt.Errorf("broker: %w", err)
+	up, user, err := b.resolve(ctx, id)
+	if err != nil {
+		return qlik.Token{}, err
 	}
-	k := b.keysFor(user)
+	k := b.keysFor(up, user)
 	if tok, ok := b.fromL1(ctx, k.token); ok {
-		b.maybeRefresh(k, user, tok)
+		b.maybeRefresh(up, k, user, tok)
 		return tok, nil
 	}
 	if tok, ok := b.fromShared(ctx, k.token, true); ok {
 		b.putL1(ctx, k.token, tok)
-		b.maybeRefresh(k, user, tok)
+		b.maybeRefresh(up, k, user, tok)
 		return tok, nil
 	}
 	ch := b.flight.DoChan(k.token, func() (any, error) {
@@ -296,7 +320,7 @@ func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, er
 		// the others sharing this call. Values (trace ids) are kept.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
 		defer cancel()
-		return b.fill(fctx, k, user)
+		return b.fill(fctx, up, k, user)
 	})
 	select {
 	case r := <-ch:
@@ -315,7 +339,7 @@ func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, er
 // fill gets a token for a cold key: from another replica that holds the
 // lease, or from the tenant under the lease. Without Shared, or while Redis
 // fails, the process-level singleflight around it is the only coalescing.
-func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok qlik.Token, err error) {
+func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (tok qlik.Token, err error) {
 	defer func() {
 		// DoChan re-panics in a fresh goroutine, which would kill the
 		// process: turn a panic into an error for every waiter instead.
@@ -325,7 +349,7 @@ func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok ql
 		}
 	}()
 	if b.shared == nil {
-		return b.mint(ctx, k, user)
+		return b.mint(ctx, up, k, user)
 	}
 	waited := false
 	for delay := b.leasePoll; ; delay = min(2*delay, 250*time.Millisecond) {
@@ -341,7 +365,7 @@ func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok ql
 		if err != nil {
 			b.redisError(ctx, "lock", err)
 			b.m.Leases.WithLabelValues(metrics.LeaseError).Inc()
-			return b.mint(ctx, k, user)
+			return b.mint(ctx, up, k, user)
 		}
 		if ok {
 			result := metrics.LeaseAcquired
@@ -349,7 +373,7 @@ func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok ql
 				result = metrics.LeaseTakenOver
 			}
 			b.m.Leases.WithLabelValues(result).Inc()
-			return b.mintUnderLease(ctx, lease, k, user)
+			return b.mintUnderLease(ctx, up, lease, k, user)
 		}
 		waited = true
 		t := time.NewTimer(delay)
@@ -364,7 +388,7 @@ func (b *Broker) fill(ctx context.Context, k keys, user qlik.UserLookup) (tok ql
 
 // mintUnderLease fetches while holding the lease, keeping it alive for as
 // long as the tenant takes, and releases it after storing the result.
-func (b *Broker) mintUnderLease(ctx context.Context, lease *cache.Lease, k keys, user qlik.UserLookup) (qlik.Token, error) {
+func (b *Broker) mintUnderLease(ctx context.Context, up *upstream, lease *cache.Lease, k keys, user qlik.UserLookup) (qlik.Token, error) {
 	stop := lease.KeepAlive(ctx, b.leaseTTL)
 	defer func() {
 		stop()
@@ -377,12 +401,12 @@ func (b *Broker) mintUnderLease(ctx context.Context, lease *cache.Lease, k keys,
 		b.putL1(ctx, k.token, tok)
 		return tok, nil
 	}
-	return b.mint(ctx, k, user)
+	return b.mint(ctx, up, k, user)
 }
 
 // mint calls the tenant and stores the result in both tiers.
-func (b *Broker) mint(ctx context.Context, k keys, user qlik.UserLookup) (qlik.Token, error) {
-	got, err := b.up.impersonate(ctx, user)
+func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (qlik.Token, error) {
+	got, err := up.impersonate(ctx, user)
 	if err != nil {
 		return qlik.Token{}, err
 	}
@@ -433,7 +457,7 @@ func (b *Broker) refreshAt(key string, tok qlik.Token) time.Time {
 
 // maybeRefresh starts the background refresh of a served token once it is
 // due, at most one per key at a time in this process.
-func (b *Broker) maybeRefresh(k keys, user qlik.UserLookup, tok qlik.Token) {
+func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, tok qlik.Token) {
 	now := b.now()
 	if now.Before(b.refreshAt(k.token, tok)) {
 		return
@@ -452,7 +476,7 @@ func (b *Broker) maybeRefresh(k keys, user qlik.UserLookup, tok qlik.Token) {
 		defer b.bg.Done()
 		ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
 		defer cancel()
-		result, err := b.refresh(ctx, k, user, tok)
+		result, err := b.refresh(ctx, up, k, user, tok)
 		b.m.Refreshes.WithLabelValues(result).Inc()
 
 		b.refreshMu.Lock()
@@ -464,7 +488,7 @@ func (b *Broker) maybeRefresh(k keys, user qlik.UserLookup, tok qlik.Token) {
 			// Another replica is on it; look again shortly to adopt.
 			b.refreshing[k.token] = b.now().Add(time.Second)
 		default:
-			b.log.Warn("background token refresh failed; the cached token is still served", "tenant", b.tenant.ID, "err", err)
+			b.log.Warn("background token refresh failed; the cached token is still served", "tenant", up.tenant.ID, "err", err)
 			wait := 30 * time.Second
 			var ue *UnavailableError
 			if errors.As(err, &ue) {
@@ -477,7 +501,7 @@ func (b *Broker) maybeRefresh(k keys, user qlik.UserLookup, tok qlik.Token) {
 
 // refresh replaces old with a fresh token in both tiers, unless another
 // replica has done so already (adopt it) or is doing so (leave it to them).
-func (b *Broker) refresh(ctx context.Context, k keys, user qlik.UserLookup, old qlik.Token) (string, error) {
+func (b *Broker) refresh(ctx context.Context, up *upstream, k keys, user qlik.UserLookup, old qlik.Token) (string, error) {
 	if b.shared != nil {
 		adopt := func() bool {
 			cur, ok := b.fromShared(ctx, k.token, false)
@@ -510,7 +534,7 @@ func (b *Broker) refresh(ctx context.Context, k keys, user qlik.UserLookup, old 
 			}
 		}
 	}
-	if _, err := b.mint(ctx, k, user); err != nil {
+	if _, err := b.mint(ctx, up, k, user); err != nil {
 		return metrics.RefreshError, err
 	}
 	return metrics.RefreshRefreshed, nil
@@ -520,11 +544,11 @@ func (b *Broker) refresh(ctx context.Context, k keys, user qlik.UserLookup, old 
 // replica's L1) and revokes them at the tenant. With nothing cached it
 // succeeds without calling the tenant.
 func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
-	user := qlik.UserLookup{Field: id.UserField, Value: id.UserValue}
-	if err := user.Validate(); err != nil {
-		return fmt.Errorf("broker: %w", err)
+	up, user, err := b.resolve(ctx, id)
+	if err != nil {
+		return err
 	}
-	k := b.keysFor(user)
+	k := b.keysFor(up, user)
 	b.flight.Forget(k.token)
 
 	var found []string
@@ -551,8 +575,8 @@ func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
 	var errs []error
 	for _, access := range found {
 		start := b.now()
-		err := b.tenant.Issuer.Revoke(ctx, b.up.credentials(), access)
-		b.observeUpstream(b.tenant.ID, "revoke", start, err)
+		err := up.tenant.Issuer.Revoke(ctx, up.credentials(), access)
+		b.observeUpstream(up.tenant.ID, "revoke", start, err)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%w: revoke: %w", ErrUpstream, err))
 		}

@@ -113,7 +113,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		issuer = o.issuer(qc)
 	}
 	cfg := broker.Config{
-		Tenant:  broker.Tenant{ID: "acme", Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"},
+		Tenants: []broker.Tenant{{ID: "acme", Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
 		L1:      cache.NewMemory(cache.MemoryOptions{Now: clk.Now}),
 		Shared:  o.shared,
 		Keyring: o.keyring,

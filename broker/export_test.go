@@ -9,7 +9,7 @@ func (b *Broker) WaitBackground() { b.bg.Wait() }
 // TokenKey exposes the Redis key name of a user, for tests that read or
 // tamper with Redis directly.
 func (b *Broker) TokenKey(field, value string) string {
-	return b.keysFor(qlikLookup(field, value)).token
+	return b.keysFor(b.tenants.Load().only, qlikLookup(field, value)).token
 }
 
 func qlikLookup(field, value string) qlik.UserLookup {

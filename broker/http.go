@@ -103,9 +103,9 @@ func (a *API) routes(e *echo.Echo, sessionMW, bodyLimit echo.MiddlewareFunc) {
 	e.GET("/readyz", a.readyz)
 
 	e.OPTIONS("/v1/token", a.preflight)
-	e.GET("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.limitUser)
-	e.POST("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.limitUser)
-	e.DELETE("/v1/token", a.logout, a.originGuard, bodyLimit, sessionMW)
+	e.GET("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
+	e.POST("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
+	e.DELETE("/v1/token", a.logout, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin)
 }
 
 // tokenResponse is the JSON body of a successful /v1/token.
@@ -209,12 +209,31 @@ func (a *API) originGuard(next echo.HandlerFunc) echo.HandlerFunc {
 		if origin == "" {
 			return next(c)
 		}
-		if !a.origins[origin] {
+		if !a.origins[origin] && !a.broker.anyTenantAllows(origin) {
 			a.m.OriginRejections.Inc()
 			return errOriginNotAllowed
 		}
 		h.Set(echo.HeaderAccessControlAllowOrigin, origin)
 		h.Set(echo.HeaderAccessControlAllowCredentials, "true")
+		return next(c)
+	}
+}
+
+// tenantOrigin refuses an origin that some tenant allows but not the
+// session's own, once the session says which tenant it is.
+func (a *API) tenantOrigin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		origin := c.Request().Header.Get(echo.HeaderOrigin)
+		if origin == "" || a.origins[origin] {
+			return next(c)
+		}
+		id, _ := session.IdentityFrom(c)
+		if !a.broker.originAllowed(id, origin) {
+			a.m.OriginRejections.Inc()
+			c.Response().Header().Del(echo.HeaderAccessControlAllowOrigin)
+			c.Response().Header().Del(echo.HeaderAccessControlAllowCredentials)
+			return errOriginNotAllowed
+		}
 		return next(c)
 	}
 }
@@ -226,7 +245,7 @@ func (a *API) preflight(c echo.Context) error {
 	h.Add(echo.HeaderVary, echo.HeaderAccessControlRequestMethod)
 	h.Add(echo.HeaderVary, echo.HeaderAccessControlRequestHeaders)
 	origin := c.Request().Header.Get(echo.HeaderOrigin)
-	if origin == "" || !a.origins[origin] {
+	if origin == "" || !a.origins[origin] && !a.broker.anyTenantAllows(origin) {
 		a.m.OriginRejections.Inc()
 		return errOriginNotAllowed
 	}
@@ -325,6 +344,9 @@ func classify(err error) apiError {
 			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
 	case errors.As(err, &ue):
 		return classifyUnavailable(ue)
+	case errors.Is(err, ErrUnknownTenant):
+		return apiError{status: http.StatusForbidden, code: "unknown_tenant",
+			message: "the session names no tenant this broker serves"}
 	case errors.Is(err, ErrUnknownUser):
 		return apiError{status: http.StatusForbidden, code: "unknown_user",
 			message: "the Qlik tenant has no active user matching this session"}

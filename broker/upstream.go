@@ -103,26 +103,40 @@ var (
 // retries, a circuit breaker, a concurrency bound, a rate limit, and
 // secret rotation on 401.
 type upstream struct {
-	b       *Broker
-	tenant  Tenant
-	cfg     UpstreamConfig
+	b      *Broker
+	tenant Tenant
+	cfg    UpstreamConfig
+	*guard
+
+	credsMu sync.RWMutex
+	creds   qlik.Credentials
+}
+
+// guard is the state that protects a tenant, kept across registry reloads.
+type guard struct {
 	slots   chan struct{}
 	limiter *rate.Limiter // nil: unlimited
 	breaker *gobreaker.CircuitBreaker[*qlik.Token]
 
 	openedAt      atomic.Int64 // unix nanos of the last breaker opening
 	cooldownUntil atomic.Int64 // unix nanos
-	credsMu       sync.RWMutex
-	creds         qlik.Credentials
 	credsOKUntil  atomic.Int64 // unix nanos: client credentials known good
 }
 
+// withTenant is u with a new configuration of the same tenant and client,
+// keeping its guard (cooldown, breaker, limits).
+func (u *upstream) withTenant(t Tenant) *upstream {
+	return &upstream{b: u.b, tenant: t, cfg: u.cfg, guard: u.guard, creds: t.Credentials}
+}
+
 func newUpstream(b *Broker, t Tenant, cfg UpstreamConfig) *upstream {
-	u := &upstream{b: b, tenant: t, cfg: cfg, slots: make(chan struct{}, cfg.Concurrency), creds: t.Credentials}
+	u := &upstream{b: b, tenant: t, cfg: cfg, creds: t.Credentials,
+		guard: &guard{slots: make(chan struct{}, cfg.Concurrency)}}
+	g := u.guard
 	if cfg.Rate > 0 {
-		u.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst)
+		g.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst)
 	}
-	u.breaker = gobreaker.NewCircuitBreaker[*qlik.Token](gobreaker.Settings{
+	g.breaker = gobreaker.NewCircuitBreaker[*qlik.Token](gobreaker.Settings{
 		Name:        t.ID,
 		MaxRequests: 1,
 		Timeout:     cfg.BreakerOpen,
@@ -139,7 +153,7 @@ func newUpstream(b *Broker, t Tenant, cfg UpstreamConfig) *upstream {
 			}[to]
 			b.m.UpstreamBreakerState.WithLabelValues(t.ID).Set(state)
 			if to == gobreaker.StateOpen {
-				u.openedAt.Store(time.Now().UnixNano())
+				g.openedAt.Store(time.Now().UnixNano())
 				b.log.Error("tenant keeps failing: circuit breaker open, cold token requests get 503 for a while",
 					"tenant", t.ID, "open_for", cfg.BreakerOpen)
 			} else {

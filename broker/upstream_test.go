@@ -184,7 +184,7 @@ func TestSecretRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnv(t, envOptions{tune: func(c *broker.Config) {
-		c.Tenant.ReloadSecret = func() (string, error) {
+		c.Tenants[0].ReloadSecret = func() (string, error) {
 			raw, err := os.ReadFile(path)
 			return strings.TrimSpace(string(raw)), err
 		}

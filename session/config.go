@@ -22,6 +22,9 @@ import (
 const (
 	LookupUserID  = "userId"
 	LookupSubject = "subject"
+	// LookupEmail names the user by email; the broker resolves it to a
+	// user id through the tenant's users API.
+	LookupEmail = "email"
 )
 
 // Defaults and bounds applied by NewVerifier and checked by Config.Validate.
@@ -82,7 +85,7 @@ type Config struct {
 	Leeway time.Duration
 	// UserClaim names the claim holding the Qlik user; default "sub".
 	UserClaim string
-	// UserLookup is LookupUserID (default) or LookupSubject.
+	// UserLookup is LookupUserID (default), LookupSubject or LookupEmail.
 	UserLookup string
 	// TenantClaim optionally names a claim holding the tenant; when set,
 	// every token must carry it as a non-empty string.
@@ -179,9 +182,9 @@ func (c Config) resolve() (keySource, []string, error) {
 		problem("MaxTokenBytes must be between 0 (default %d) and %d", DefaultMaxTokenBytes, maxTokenBytesLimit)
 	}
 	switch c.UserLookup {
-	case "", LookupUserID, LookupSubject:
+	case "", LookupUserID, LookupSubject, LookupEmail:
 	default:
-		problem("UserLookup must be %q or %q", LookupUserID, LookupSubject)
+		problem("UserLookup must be %q, %q or %q", LookupUserID, LookupSubject, LookupEmail)
 	}
 	if c.UserClaim != "" && strings.TrimSpace(c.UserClaim) != c.UserClaim {
 		problem("UserClaim has leading or trailing spaces")

@@ -78,7 +78,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative leeway", session.Config{HMACSecret: k.hmac, Leeway: -time.Second}, []string{"Leeway"}},
 		{"huge leeway", session.Config{HMACSecret: k.hmac, Leeway: time.Hour}, []string{"Leeway"}},
 		{"negative max bytes", session.Config{HMACSecret: k.hmac, MaxTokenBytes: -1}, []string{"MaxTokenBytes"}},
-		{"bad lookup", session.Config{HMACSecret: k.hmac, UserLookup: "email"}, []string{"UserLookup"}},
+		{"bad lookup", session.Config{HMACSecret: k.hmac, UserLookup: "mail"}, []string{"UserLookup"}},
 		{"spaced user claim", session.Config{HMACSecret: k.hmac, UserClaim: " sub"}, []string{"UserClaim"}},
 		{"bad refresh", session.Config{JWKSURL: "https://x/j", JWKSRefreshInterval: time.Millisecond}, []string{"JWKSRefreshInterval"}},
 		{"bad unknown kid wait", session.Config{JWKSURL: "https://x/j", JWKSUnknownKIDMinWait: 2 * time.Hour}, []string{"JWKSUnknownKIDMinWait"}},

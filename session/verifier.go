@@ -31,7 +31,7 @@ import (
 // Identity is the verified session mapped to a Qlik user.
 type Identity struct {
 	Subject   string    // the token's sub (may be empty)
-	UserField string    // LookupUserID or LookupSubject
+	UserField string    // LookupUserID, LookupSubject or LookupEmail
 	UserValue string    // the Qlik user id or subject; never empty
 	Tenant    string    // from Config.TenantClaim; "" when not configured
 	ExpiresAt time.Time // the session token's exp
