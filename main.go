@@ -213,8 +213,10 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	}()
 	defer func() { stopRun(); <-runDone }()
 	if cfg.TenantsFile != "" {
+		hup, stopHUP := notifyHUP()
+		defer stopHUP()
 		watchDone := make(chan struct{})
-		go func() { defer close(watchDone); watchTenants(runCtx, cfg, b, log, 2*time.Second) }()
+		go func() { defer close(watchDone); watchTenants(runCtx, cfg, b, log, 2*time.Second, hup) }()
 		defer func() { stopRun(); <-watchDone }()
 	}
 

@@ -181,14 +181,19 @@ func (c config) loadTenants() ([]broker.Tenant, error) {
 	return parseTenantsFile(raw, c)
 }
 
+// notifyHUP starts catching SIGHUP (before the watcher goroutine runs, so
+// an early signal cannot kill the process) until stop is called.
+func notifyHUP() (ch <-chan os.Signal, stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup, func() { signal.Stop(hup) }
+}
+
 // watchTenants reloads the tenants file when its content changes (polled,
 // which also sees Kubernetes' ConfigMap symlink swaps) or on SIGHUP, until
 // ctx is done. A file that fails to parse or validate is logged and
 // ignored: the previous registry stays.
-func watchTenants(ctx context.Context, c config, b *broker.Broker, log *slog.Logger, every time.Duration) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func watchTenants(ctx context.Context, c config, b *broker.Broker, log *slog.Logger, every time.Duration, hup <-chan os.Signal) {
 	var last [sha256.Size]byte
 	if raw, err := os.ReadFile(c.TenantsFile); err == nil {
 		last = sha256.Sum256(raw)
