@@ -94,6 +94,17 @@ type config struct {
 
 	CORSOrigins []string
 
+	ServiceHMACSecret     secret
+	ServiceHMACSecretFile string
+	ServicePublicKeyFile  string
+	ServiceJWKSURL        string
+	ServiceIssuer         string
+	ServiceAudience       string
+	ServiceTenantsClaim   string
+	ProxyTimeout          time.Duration
+	ProxyMaxBody          int
+	ProxyWebsocket        bool
+
 	ShutdownTimeout time.Duration
 	LogLevel        string
 	LogFormat       string
@@ -121,6 +132,9 @@ func defaultConfig() config {
 		L1Enabled:               true,
 		L1MaxEntries:            100_000,
 		ShutdownTimeout:         15 * time.Second,
+		ServiceTenantsClaim:     "tenants",
+		ProxyTimeout:            5 * time.Minute,
+		ProxyMaxBody:            32 << 20,
 		LogLevel:                "info",
 		LogFormat:               "json",
 	}
@@ -190,6 +204,16 @@ func (c *config) settings() []setting {
 		{"QTB_L1_ENABLED", "keep tokens in the in-process cache in front of Redis (false only for measuring the Redis path)", (*boolValue)(&c.L1Enabled)},
 		{"QTB_L1_MAX_ENTRIES", "maximum tokens kept in the in-process cache", (*intValue)(&c.L1MaxEntries)},
 		{"QTB_CORS_ORIGINS", "browser origins allowed to call the API, comma separated, exact match", (*listValue)(&c.CORSOrigins)},
+		{"QTB_SERVICE_HMAC_SECRET", "HMAC key of service credentials for POST /v1/service/token (prefer the _FILE form); unset: endpoint off", (*secretValue)(&c.ServiceHMACSecret)},
+		{"QTB_SERVICE_HMAC_SECRET_FILE", "file holding the service credentials' HMAC key", (*stringValue)(&c.ServiceHMACSecretFile)},
+		{"QTB_SERVICE_PUBLIC_KEY_FILE", "PEM public key verifying service credentials", (*stringValue)(&c.ServicePublicKeyFile)},
+		{"QTB_SERVICE_JWKS_URL", "JWKS URL verifying service credentials", (*stringValue)(&c.ServiceJWKSURL)},
+		{"QTB_SERVICE_ISSUER", "required iss of service credentials", (*stringValue)(&c.ServiceIssuer)},
+		{"QTB_SERVICE_AUDIENCE", "required aud of service credentials (must differ from QTB_SESSION_AUDIENCE)", (*stringValue)(&c.ServiceAudience)},
+		{"QTB_SERVICE_TENANTS_CLAIM", "claim listing the tenants a service credential may act in (\"*\": all)", (*stringValue)(&c.ServiceTenantsClaim)},
+		{"QTB_PROXY_TIMEOUT", "time limit of one request proxied through /v1/qlik/*", (*durationValue)(&c.ProxyTimeout)},
+		{"QTB_PROXY_MAX_BODY", "largest request body proxied, in bytes", (*intValue)(&c.ProxyMaxBody)},
+		{"QTB_PROXY_WEBSOCKET", "let engine websockets (/v1/qlik/app/...) through", (*boolValue)(&c.ProxyWebsocket)},
 		{"QTB_SHUTDOWN_TIMEOUT", "how long to drain requests on SIGTERM", (*durationValue)(&c.ShutdownTimeout)},
 		{"QTB_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"QTB_LOG_FORMAT", "json or text", (*stringValue)(&c.LogFormat)},
@@ -212,6 +236,7 @@ func (c *config) fileSecrets() []struct {
 		{"QTB_SESSION_HMAC_SECRET_FILE", "QTB_SESSION_HMAC_SECRET", &c.SessionHMACSecretFile, &c.SessionHMACSecret},
 		{"QTB_REDIS_PASSWORD_FILE", "QTB_REDIS_PASSWORD", &c.RedisPasswordFile, &c.RedisPassword},
 		{"QTB_ADMIN_CLIENT_SECRET_FILE", "QTB_ADMIN_CLIENT_SECRET", &c.AdminClientSecretFile, &c.AdminClientSecret},
+		{"QTB_SERVICE_HMAC_SECRET_FILE", "QTB_SERVICE_HMAC_SECRET", &c.ServiceHMACSecretFile, &c.ServiceHMACSecret},
 		{"QTB_CACHE_KEY_FILE", "QTB_CACHE_KEY", &c.CacheKeyFile, &c.CacheKey},
 	}
 }
@@ -397,6 +422,29 @@ func (c config) validate() error {
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		add("QTB_LOG_FORMAT", "must be json or text, got %q", c.LogFormat)
 	}
+	if c.serviceEnabled() {
+		n := 0
+		for _, set := range []bool{c.ServiceHMACSecret != "", c.ServicePublicKeyFile != "", c.ServiceJWKSURL != ""} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			add("QTB_SERVICE_HMAC_SECRET", "at most one of QTB_SERVICE_HMAC_SECRET(_FILE), QTB_SERVICE_PUBLIC_KEY_FILE, QTB_SERVICE_JWKS_URL")
+		}
+		if c.ServiceAudience == "" || c.ServiceAudience == c.SessionAudience {
+			add("QTB_SERVICE_AUDIENCE", "required with service credentials, and different from QTB_SESSION_AUDIENCE, so a user session can never pass as one")
+		}
+		if c.ServiceTenantsClaim == "" {
+			add("QTB_SERVICE_TENANTS_CLAIM", "must not be empty")
+		}
+	}
+	if c.ProxyTimeout <= 0 {
+		add("QTB_PROXY_TIMEOUT", "must be positive")
+	}
+	if c.ProxyMaxBody < 0 {
+		add("QTB_PROXY_MAX_BODY", "must not be negative")
+	}
 	if c.ShutdownTimeout <= 0 {
 		add("QTB_SHUTDOWN_TIMEOUT", "must be positive")
 	}
@@ -440,6 +488,35 @@ func (c config) upstreamConfig() broker.UpstreamConfig {
 		BreakerFailures: uint32(c.UpstreamBreakerFailures),
 		BreakerOpen:     c.UpstreamBreakerOpen,
 	}
+}
+
+// serviceEnabled reports whether service credentials are configured.
+func (c config) serviceEnabled() bool {
+	return c.ServiceHMACSecret != "" || c.ServicePublicKeyFile != "" || c.ServiceJWKSURL != ""
+}
+
+// serviceConfig is the verifier configuration of service credentials: the
+// service name is the sub claim, the tenants come from the list claim.
+func (c config) serviceConfig() (session.Config, error) {
+	sc := session.Config{
+		JWKSURL:   c.ServiceJWKSURL,
+		Issuer:    c.ServiceIssuer,
+		Audience:  c.ServiceAudience,
+		Leeway:    c.SessionLeeway,
+		UserClaim: "sub",
+		ListClaim: c.ServiceTenantsClaim,
+	}
+	if c.ServiceHMACSecret != "" {
+		sc.HMACSecret = []byte(c.ServiceHMACSecret)
+	}
+	if c.ServicePublicKeyFile != "" {
+		pem, err := os.ReadFile(c.ServicePublicKeyFile)
+		if err != nil {
+			return sc, fmt.Errorf("QTB_SERVICE_PUBLIC_KEY_FILE: %w", err)
+		}
+		sc.PublicKeyPEM = pem
+	}
+	return sc, nil
 }
 
 // redisEnabled reports whether any Redis setting asks for a shared cache.

@@ -46,6 +46,8 @@ Usage:
   qlik-token-broker [serve] [flags]   run the broker (configuration from QTB_* variables or flags)
   qlik-token-broker demo [flags]      run it against an in-process fake tenant, printing a session token
   qlik-token-broker healthcheck        exit 0 when the local broker answers /healthz (for HEALTHCHECK)
+  qlik-token-broker clients <command>  list, get, create, update and delete the tenant's OAuth clients, their secrets and consent
+  qlik-token-broker provision [flags]  make a tenant ready: impersonation client, consent, tenants-file entry, Kubernetes Secret
   qlik-token-broker version           print the version
 
 Run "qlik-token-broker serve -h" or "qlik-token-broker demo -h" for the flags.
@@ -76,6 +78,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return demo(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		return healthcheck(ctx, args, getenv, stderr)
+	case "clients":
+		return clientsCmd(ctx, args, getenv, stdout, stderr)
+	case "provision":
+		return provisionCmd(ctx, args, getenv, stdout)
 	case "version":
 		fmt.Fprintf(stdout, "qlik-token-broker %s (%s)\n", version, revision)
 		return nil
@@ -220,16 +226,30 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		defer func() { stopRun(); <-watchDone }()
 	}
 
+	var serviceVerifier *session.Verifier
+	if cfg.serviceEnabled() {
+		sc, err := cfg.serviceConfig()
+		if err != nil {
+			return err
+		}
+		sc.Logger = log
+		if serviceVerifier, err = session.NewVerifier(ctx, sc); err != nil {
+			return fmt.Errorf("service credentials: %w", err)
+		}
+		defer serviceVerifier.Close()
+	}
 	api := broker.NewAPI(broker.APIConfig{
-		Broker:         b,
-		Verifier:       verifier,
-		SessionCookie:  cfg.SessionCookie,
-		AllowedOrigins: cfg.CORSOrigins,
-		Ready:          verifier.Ready,
-		UserRate:       cfg.UserRate / 60,
-		UserBurst:      cfg.UserBurst,
-		Metrics:        m,
-		Logger:         log,
+		Broker:          b,
+		Verifier:        verifier,
+		SessionCookie:   cfg.SessionCookie,
+		AllowedOrigins:  cfg.CORSOrigins,
+		Ready:           verifier.Ready,
+		ServiceVerifier: serviceVerifier,
+		Proxy:           broker.ProxyConfig{Timeout: cfg.ProxyTimeout, MaxRequestBytes: int64(cfg.ProxyMaxBody), Websocket: cfg.ProxyWebsocket},
+		UserRate:        cfg.UserRate / 60,
+		UserBurst:       cfg.UserBurst,
+		Metrics:         m,
+		Logger:          log,
 	})
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)

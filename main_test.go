@@ -8,10 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -365,5 +369,90 @@ func TestServeProcessesShareRedis(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("no exit after SIGTERM")
 		}
+	}
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestProxyStreamsLargeResponses sends a 50 MB export through the broker
+// process's reverse proxy and checks its RSS stays flat: nothing buffers it.
+func TestProxyStreamsLargeResponses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	tn, err := qliktest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	oc := tn.AddClient(qliktest.OAuthClient{ID: "client-big", Secret: "big-client-secret"})
+	ada := tn.AddUser(qliktest.User{Name: "Ada", Status: "active"})
+	const size = 50 << 20
+	target, _ := url.Parse(tn.URL())
+	fake := httputil.NewSingleHostReverseProxy(target)
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/export" {
+			fake.ServeHTTP(w, r)
+			return
+		}
+		if _, err := tn.TokenUser(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")); err != nil {
+			w.WriteHeader(401)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(front.Close)
+
+	hmacKey := "an-hmac-key-of-at-least-32-bytes-long!"
+	p := startBroker(t, bin, map[string]string{
+		"QTB_TENANT_URL": front.URL, "QTB_CLIENT_ID": oc.ID, "QTB_CLIENT_SECRET": oc.Secret,
+		"QTB_SESSION_HMAC_SECRET": hmacKey,
+	})
+	sess, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": ada.ID, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(hmacKey))
+	get := func(path string) (int, int64) {
+		req, _ := http.NewRequest("GET", "http://"+p.api+path, nil)
+		req.Header.Set("Authorization", "Bearer "+sess)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		n, _ := io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, n
+	}
+	if code, _ := get("/v1/qlik/api/v1/users/me"); code != 200 {
+		t.Fatalf("warm-up: %d\n%s", code, p.stderr.String())
+	}
+	before := rssKiB(t, p.cmd.Process.Pid)
+	code, n := get("/v1/qlik/api/v1/export")
+	after := rssKiB(t, p.cmd.Process.Pid)
+	t.Logf("50 MB through the proxy: broker RSS %d KiB before, %d KiB after", before, after)
+	if code != 200 || n != size {
+		t.Fatalf("export: status %d, %d bytes", code, n)
+	}
+	if after-before > 16<<10 {
+		t.Fatalf("RSS grew by %d KiB streaming 50 MB: the proxy buffers", after-before)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 //	    adminClientId: 4567ef               # email lookups only
 //	    adminClientSecretFile: /etc/.../admin-secret
 //	    createUsers: false                  # create unknown emails just in time
+//	    proxyPaths: [/api/v1/]              # what /v1/qlik/* may reach
 type tenantsFile struct {
 	Tenants []tenantEntry `json:"tenants"`
 }
@@ -46,6 +48,7 @@ type tenantEntry struct {
 	AdminClientID         string   `json:"adminClientId,omitempty"`
 	AdminClientSecretFile string   `json:"adminClientSecretFile,omitempty"`
 	CreateUsers           bool     `json:"createUsers,omitempty"`
+	ProxyPaths            []string `json:"proxyPaths,omitempty"`
 }
 
 // parseTenantsFile decodes and checks a tenants file strictly: unknown keys
@@ -94,6 +97,11 @@ func (e tenantEntry) tenant(c config) (broker.Tenant, error) {
 			errs = append(errs, err)
 		}
 	}
+	for _, p := range e.ProxyPaths {
+		if !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || strings.Contains(p, "..") {
+			errs = append(errs, fmt.Errorf("proxyPaths: %q must be a path prefix like /api/v1/", p))
+		}
+	}
 	client, err := qlik.New(e.URL, qlik.Options{HTTPClient: qlik.NewHTTPClient(c.UpstreamTimeout)})
 	if err != nil {
 		errs = append(errs, err)
@@ -132,6 +140,7 @@ func (e tenantEntry) tenant(c config) (broker.Tenant, error) {
 		ReloadSecret:   secretReloader(e.ClientSecretFile),
 		AllowedOrigins: e.AllowedOrigins,
 		Directory:      dir,
+		ProxyPaths:     e.ProxyPaths,
 	}, nil
 }
 

@@ -85,6 +85,9 @@ type Tenant struct {
 	// UserLookup, when set, overrides the session's lookup field for this
 	// tenant: userId, subject or email.
 	UserLookup string
+	// ProxyPaths are the path prefixes /v1/qlik/* may reach at this
+	// tenant; empty means DefaultProxyPaths.
+	ProxyPaths []string
 	// AllowedOrigins are browser origins allowed for this tenant's
 	// sessions, on top of the API's global list.
 	AllowedOrigins []string
@@ -582,6 +585,33 @@ func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Reissue drops the identity's cached token if it is still stale (the
+// tenant refused it: revoked or expired early) and returns a fresh one.
+// Concurrent callers holding the same stale token share one new token.
+func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string) (qlik.Token, error) {
+	up, user, err := b.resolve(ctx, id)
+	if err != nil {
+		return qlik.Token{}, err
+	}
+	k := b.keysFor(up, user)
+	if raw, err := b.l1.Get(ctx, k.token); err == nil {
+		if tok, err := decodeToken(raw); err == nil && tok.AccessToken == stale {
+			_ = b.l1.Delete(ctx, k.token)
+		}
+	}
+	if b.shared != nil {
+		if tok, ok := b.fromShared(ctx, k.token, false); ok && tok.AccessToken == stale {
+			if err := b.shared.Delete(ctx, k.token); err != nil {
+				b.redisError(ctx, "delete", err)
+			}
+			if err := b.shared.PublishInvalidation(ctx, k.token); err != nil {
+				b.redisError(ctx, "publish", err)
+			}
+		}
+	}
+	return b.Token(ctx, id)
 }
 
 // fromL1 returns a servable token from the in-process cache.

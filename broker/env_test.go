@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -66,6 +67,9 @@ type envOptions struct {
 	cookie    string
 	userRate  float64                           // per-identity requests per second; 0: off
 	issuer    func(broker.Issuer) broker.Issuer // wraps the real client
+	proxyURL  func(tenantURL string) string     // the URL the proxy uses for the tenant
+	service   *session.Config                   // service credential verifier
+	logs      io.Writer
 	tenantOpt []qliktest.Option
 	// Replicas of one deployment share these; nil makes new ones.
 	clock  *clock
@@ -113,12 +117,20 @@ func newEnv(t *testing.T, o envOptions) *env {
 		issuer = o.issuer(qc)
 	}
 	cfg := broker.Config{
-		Tenants: []broker.Tenant{{ID: "acme", Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
+		Tenants: []broker.Tenant{{ID: "acme", URL: tn.URL(), Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
 		L1:      cache.NewMemory(cache.MemoryOptions{Now: clk.Now}),
 		Shared:  o.shared,
 		Keyring: o.keyring,
 		Metrics: m,
 		Now:     clk.Now,
+	}
+	if o.proxyURL != nil {
+		cfg.Tenants[0].URL = o.proxyURL(tn.URL())
+	}
+	var logger *slog.Logger
+	if o.logs != nil {
+		logger = slog.New(slog.NewJSONHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = logger
 	}
 	if o.tune != nil {
 		o.tune(&cfg)
@@ -128,9 +140,16 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
+	var sv *session.Verifier
+	if o.service != nil {
+		o.service.Now = clk.Now
+		if sv, err = session.NewVerifier(ctx, *o.service); err != nil {
+			t.Fatal(err)
+		}
+	}
 	api := broker.NewAPI(broker.APIConfig{
 		Broker: b, Verifier: v, SessionCookie: o.cookie, AllowedOrigins: o.origins,
-		Ready: v.Ready, Metrics: m, UserRate: o.userRate,
+		Ready: v.Ready, Metrics: m, UserRate: o.userRate, ServiceVerifier: sv, Logger: logger,
 	})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -36,18 +37,28 @@ type APIConfig struct {
 	// beyond it the caller gets 429 with Retry-After.
 	UserRate  float64
 	UserBurst int
-	Metrics   *metrics.Metrics
-	Logger    *slog.Logger
+	// ServiceVerifier verifies service credentials for POST
+	// /v1/service/token; nil turns the endpoint off. Its ListClaim names
+	// the tenants a credential may act in.
+	ServiceVerifier *session.Verifier
+	// Proxy tunes /v1/qlik/*; ProxyTransport carries its requests
+	// (default: a clone of http.DefaultTransport).
+	Proxy          ProxyConfig
+	ProxyTransport http.RoundTripper
+	Metrics        *metrics.Metrics
+	Logger         *slog.Logger
 }
 
 // API is the broker's HTTP interface.
 type API struct {
-	broker  *Broker
-	users   *userLimiter // nil: no per-identity limit
-	origins map[string]bool
-	ready   func(ctx context.Context) error
-	m       *metrics.Metrics
-	log     *slog.Logger
+	broker         *Broker
+	proxyCfg       ProxyConfig
+	proxyTransport http.RoundTripper
+	users          *userLimiter // nil: no per-identity limit
+	origins        map[string]bool
+	ready          func(ctx context.Context) error
+	m              *metrics.Metrics
+	log            *slog.Logger
 }
 
 // NewAPI returns the echo instance serving the broker's routes. It panics on
@@ -57,11 +68,13 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 		panic("broker: NewAPI needs a Broker, a Verifier and Metrics")
 	}
 	a := &API{
-		broker:  cfg.Broker,
-		origins: make(map[string]bool, len(cfg.AllowedOrigins)),
-		ready:   cfg.Ready,
-		m:       cfg.Metrics,
-		log:     cfg.Logger,
+		broker:         cfg.Broker,
+		proxyCfg:       cfg.Proxy,
+		proxyTransport: cfg.ProxyTransport,
+		origins:        make(map[string]bool, len(cfg.AllowedOrigins)),
+		ready:          cfg.Ready,
+		m:              cfg.Metrics,
+		log:            cfg.Logger,
 	}
 	for _, o := range cfg.AllowedOrigins {
 		a.origins[o] = true
@@ -78,6 +91,17 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
+	if a.proxyCfg.Timeout <= 0 {
+		a.proxyCfg.Timeout = 5 * time.Minute
+	}
+	if a.proxyCfg.MaxRequestBytes <= 0 {
+		a.proxyCfg.MaxRequestBytes = 32 << 20
+	}
+	if a.proxyTransport == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.ResponseHeaderTimeout = time.Minute
+		a.proxyTransport = t
+	}
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -93,12 +117,22 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 		},
 	})
 	bodyLimit := middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{Limit: strconv.FormatInt(cfg.MaxBodyBytes, 10) + "B"})
-	a.routes(e, sessionMW, bodyLimit)
+	var serviceMW echo.MiddlewareFunc
+	if cfg.ServiceVerifier != nil {
+		serviceMW = session.MiddlewareWithConfig(session.MiddlewareConfig{
+			Verifier: cfg.ServiceVerifier,
+			ErrorHandler: func(c echo.Context, err error) error {
+				a.m.SessionRejections.WithLabelValues(string(session.ReasonOf(err))).Inc()
+				return err
+			},
+		})
+	}
+	a.routes(e, sessionMW, serviceMW, bodyLimit)
 	return e
 }
 
 // routes registers every route in one place.
-func (a *API) routes(e *echo.Echo, sessionMW, bodyLimit echo.MiddlewareFunc) {
+func (a *API) routes(e *echo.Echo, sessionMW, serviceMW, bodyLimit echo.MiddlewareFunc) {
 	e.GET("/healthz", a.healthz)
 	e.GET("/readyz", a.readyz)
 
@@ -106,6 +140,12 @@ func (a *API) routes(e *echo.Echo, sessionMW, bodyLimit echo.MiddlewareFunc) {
 	e.GET("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
 	e.POST("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
 	e.DELETE("/v1/token", a.logout, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin)
+
+	e.Any("/v1/qlik/*", a.proxy, a.originGuard, sessionMW, a.tenantOrigin)
+	if serviceMW != nil {
+		// Server to server: no browser origins.
+		e.POST("/v1/service/token", a.serviceToken, a.noBrowser, bodyLimit, serviceMW)
+	}
 }
 
 // tokenResponse is the JSON body of a successful /v1/token.
@@ -123,6 +163,11 @@ func (a *API) token(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return a.writeToken(c, tok)
+}
+
+// writeToken sends a token as JSON, or as raw text when asked.
+func (a *API) writeToken(c echo.Context, tok qlik.Token) error {
 	h := c.Response().Header()
 	h.Set("Cache-Control", "no-store")
 	h.Set("Pragma", "no-cache")
@@ -192,6 +237,24 @@ func (a *API) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return next(c)
 	}
+}
+
+// noBrowser refuses browser requests to server-to-server endpoints.
+func (a *API) noBrowser(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if c.Request().Header.Get(echo.HeaderOrigin) != "" {
+			a.m.OriginRejections.Inc()
+			return errOriginNotAllowed
+		}
+		return next(c)
+	}
+}
+
+// jsonDecoder decodes a request body strictly.
+func jsonDecoder(r *http.Request) *json.Decoder {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	return dec
 }
 
 // errOriginNotAllowed is returned for a browser request from an origin that
@@ -344,6 +407,18 @@ func classify(err error) apiError {
 			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
 	case errors.As(err, &ue):
 		return classifyUnavailable(ue)
+	case errors.Is(err, errPathNotAllowed):
+		return apiError{status: http.StatusForbidden, code: "path_not_allowed",
+			message: "this path may not be reached through the broker"}
+	case errors.Is(err, errWebsocketOff):
+		return apiError{status: http.StatusForbidden, code: "websocket_not_allowed",
+			message: "websocket pass-through is off for this path"}
+	case errors.Is(err, errServiceScope):
+		return apiError{status: http.StatusForbidden, code: "tenant_not_allowed",
+			message: "this service credential may not act in that tenant"}
+	case errors.Is(err, errBadRequest):
+		return apiError{status: http.StatusBadRequest, code: "bad_request",
+			message: `the body must be {"tenant": "...", "user_lookup": {"field": "userId"|"subject", "value": "..."}}`}
 	case errors.Is(err, ErrUnknownTenant):
 		return apiError{status: http.StatusForbidden, code: "unknown_tenant",
 			message: "the session names no tenant this broker serves"}
@@ -419,6 +494,8 @@ func classifyEcho(he *echo.HTTPError) apiError {
 		http.StatusRequestEntityTooLarge: "request_too_large",
 		http.StatusUnauthorized:          "invalid_session",
 		http.StatusBadRequest:            "bad_request",
+		http.StatusBadGateway:            "upstream_unavailable",
+		http.StatusGatewayTimeout:        "upstream_timeout",
 	}[he.Code]
 	if code == "" {
 		code = "error"

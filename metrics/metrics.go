@@ -122,6 +122,12 @@ type Metrics struct {
 	// UpstreamInvalidCredentials counts tenant answers that the broker's
 	// client id or secret is wrong, by tenant.
 	UpstreamInvalidCredentials *prometheus.CounterVec
+	// ProxyRequests counts requests proxied to a tenant by tenant, method
+	// class (read, write) and status class (2xx...5xx).
+	ProxyRequests *prometheus.CounterVec
+	// ProxyDuration observes proxied request latency (to the response
+	// headers) by tenant.
+	ProxyDuration *prometheus.HistogramVec
 	// RedisDegraded is 1 while the Redis circuit breaker is open and the
 	// broker runs on its in-process cache alone.
 	RedisDegraded prometheus.Gauge
@@ -218,6 +224,15 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "upstream", Name: "invalid_credentials_total",
 			Help: "Tenant answers that the broker's OAuth client id or secret is wrong.",
 		}, []string{"tenant"}),
+		ProxyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "proxy", Name: "requests_total",
+			Help: "Requests proxied to the tenant by tenant, method class (read, write) and status class.",
+		}, []string{"tenant", "method_class", "code_class"}),
+		ProxyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "proxy", Name: "request_duration_seconds",
+			Help:    "Time to the tenant's response headers for proxied requests.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"tenant"}),
 		RedisDegraded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "redis", Name: "degraded",
 			Help: "1 while Redis is considered down and tokens come from the in-process cache and the tenant.",
@@ -233,7 +248,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		m.UpstreamRequests, m.UpstreamDuration, m.SessionRejections, m.OriginRejections,
 		m.Refreshes, m.Leases, m.UnsealFailures, m.RedisErrors, m.RedisDegraded,
 		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
-		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, buildInfo)
+		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, m.ProxyRequests, m.ProxyDuration, buildInfo)
 	return m
 }
 

@@ -31,6 +31,8 @@ func TestLint(t *testing.T) {
 	m.UpstreamBreakerState.WithLabelValues("default").Set(metrics.BreakerOpen)
 	m.UpstreamQueueWait.WithLabelValues("default").Observe(0.01)
 	m.UpstreamInvalidCredentials.WithLabelValues("default").Inc()
+	m.ProxyRequests.WithLabelValues("default", "read", "2xx").Inc()
+	m.ProxyDuration.WithLabelValues("default").Observe(0.01)
 
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {

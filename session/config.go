@@ -90,6 +90,10 @@ type Config struct {
 	// TenantClaim optionally names a claim holding the tenant; when set,
 	// every token must carry it as a non-empty string.
 	TenantClaim string
+	// ListClaim optionally names a claim holding a list of strings (a JSON
+	// array, or one space-separated string), returned as Identity.List.
+	// Service credentials use it for the tenants they may act in.
+	ListClaim string
 	// MaxTokenBytes caps the token length, checked before any parsing;
 	// default 8192.
 	MaxTokenBytes int

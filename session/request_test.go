@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func TestMiddleware(t *testing.T) {
 		if !ok {
 			return c.String(http.StatusInternalServerError, "no identity")
 		}
-		if ctxID, ok := session.IdentityFromContext(c.Request().Context()); !ok || ctxID != id {
+		if ctxID, ok := session.IdentityFromContext(c.Request().Context()); !ok || !reflect.DeepEqual(ctxID, id) {
 			return c.String(http.StatusInternalServerError, "request context lacks identity")
 		}
 		return c.JSON(http.StatusOK, map[string]string{"user": id.UserValue, "tenant": id.Tenant, "field": id.UserField})

@@ -34,6 +34,7 @@ type Identity struct {
 	UserField string    // LookupUserID, LookupSubject or LookupEmail
 	UserValue string    // the Qlik user id or subject; never empty
 	Tenant    string    // from Config.TenantClaim; "" when not configured
+	List      []string  // from Config.ListClaim; nil when not configured or absent
 	ExpiresAt time.Time // the session token's exp
 }
 
@@ -317,8 +318,30 @@ func (v *Verifier) identity(claims jwt.MapClaims) (Identity, error) {
 		UserField: v.cfg.UserLookup,
 		UserValue: user,
 		Tenant:    tenant,
+		List:      claimList(claims, v.cfg.ListClaim),
 		ExpiresAt: exp.Time,
 	}, nil
+}
+
+// claimList reads a list claim: an array of strings, or one string of
+// space-separated words (as OAuth's scope). Anything else is an empty list.
+func claimList(claims jwt.MapClaims, name string) []string {
+	if name == "" {
+		return nil
+	}
+	switch v := claims[name].(type) {
+	case string:
+		return strings.Fields(v)
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			if s, ok := e.(string); ok && s != "" && !strings.ContainsFunc(s, unicode.IsControl) {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
 }
 
 // claimString returns a claim that is a JSON string with visible content.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -36,7 +37,7 @@ func TestVerifyEveryAlgorithm(t *testing.T) {
 				t.Fatalf("ExpiresAt = %v, want %v", id.ExpiresAt, want.ExpiresAt)
 			}
 			id.ExpiresAt = want.ExpiresAt
-			if id != want {
+			if !reflect.DeepEqual(id, want) {
 				t.Fatalf("identity = %+v, want %+v", id, want)
 			}
 
@@ -199,7 +200,7 @@ func TestVerifyRejections(t *testing.T) {
 				return
 			}
 			wantReason(t, err, tc.want)
-			if id != (session.Identity{}) {
+			if !reflect.DeepEqual(id, session.Identity{}) {
 				t.Fatalf("rejected token returned identity %+v", id)
 			}
 			if tc.token != "" && strings.Contains(err.Error(), tc.token) {
@@ -344,7 +345,7 @@ func TestVerifyUserMapping(t *testing.T) {
 				t.Fatal(err)
 			}
 			id.ExpiresAt = time.Time{}
-			if id != tc.want {
+			if !reflect.DeepEqual(id, tc.want) {
 				t.Fatalf("identity = %+v, want %+v", id, tc.want)
 			}
 		})

@@ -1,0 +1,223 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/qtb-dev/qlik-token-broker/session"
+)
+
+// DefaultProxyPaths is what the proxy may reach when a tenant lists none:
+// the REST API, not /oauth or anything else.
+var DefaultProxyPaths = []string{"/api/v1/"}
+
+// ProxyConfig tunes the reverse proxy to the tenants, /v1/qlik/*.
+type ProxyConfig struct {
+	// Timeout bounds one proxied request, streaming included. Default 5m.
+	Timeout time.Duration
+	// MaxRequestBytes caps a request body. Default 32 MiB.
+	MaxRequestBytes int64
+	// Websocket lets engine websockets (/app/...) through. Default off.
+	Websocket bool
+}
+
+// replayLimit is the largest request body kept in memory so the request
+// can be sent again after a 401; larger bodies stream and are not retried.
+const replayLimit = 1 << 20
+
+var (
+	errPathNotAllowed = errors.New("broker: proxy path not allowed")
+	errWebsocketOff   = errors.New("broker: websocket pass-through is off")
+)
+
+type proxyCtxKey struct{}
+
+// proxyCall is what the transport needs to retry one request.
+type proxyCall struct {
+	id    session.Identity
+	token string
+}
+
+// proxy forwards /v1/qlik/<path> to the session's tenant as its user: the
+// caller's credentials and cookies never reach Qlik, Qlik's cookies never
+// reach the caller, bodies stream both ways, and a 401 from Qlik (a token
+// revoked or expired early) is retried once with a fresh token.
+func (a *API) proxy(c echo.Context) error {
+	req := c.Request()
+	id, _ := session.IdentityFrom(c)
+	up, err := a.broker.tenantFor(id)
+	if err != nil {
+		return err
+	}
+	target, err := proxyPath(c.Param("*"), up.tenant.proxyPaths())
+	if err != nil {
+		return err
+	}
+	websocket := strings.EqualFold(req.Header.Get("Upgrade"), "websocket")
+	if websocket && (!a.proxyCfg.Websocket || !strings.HasPrefix(target, "/app/")) {
+		return errWebsocketOff
+	}
+	tok, err := a.broker.Token(req.Context(), id)
+	if err != nil {
+		return err
+	}
+	base, err := url.Parse(up.tenant.URL)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(req.Context(), a.proxyCfg.Timeout)
+	defer cancel()
+	// The server's write timeout suits token responses, not exports.
+	_ = http.NewResponseController(c.Response().Writer).SetWriteDeadline(time.Now().Add(a.proxyCfg.Timeout))
+	call := &proxyCall{id: id, token: tok.AccessToken}
+	ctx = context.WithValue(ctx, proxyCtxKey{}, call)
+	req = req.WithContext(ctx)
+	if req.Body != nil && req.Body != http.NoBody {
+		req.Body = http.MaxBytesReader(c.Response().Writer, req.Body, a.proxyCfg.MaxRequestBytes)
+	}
+
+	start := time.Now()
+	status := 0
+	rp := &httputil.ReverseProxy{
+		Transport: &retryTransport{base: a.proxyTransport, api: a},
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(base)
+			pr.Out.URL.Path, pr.Out.URL.RawPath = target, ""
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+			pr.Out.Host = base.Host
+			for _, h := range []string{"Authorization", "Cookie", "Origin", "Referer", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+				pr.Out.Header.Del(h)
+			}
+			pr.Out.Header.Set("Authorization", "Bearer "+call.token)
+			replayable(pr.Out)
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del("Set-Cookie")
+			status = resp.StatusCode
+			a.m.ProxyDuration.WithLabelValues(up.tenant.ID).Observe(time.Since(start).Seconds())
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			status = http.StatusBadGateway
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				status = http.StatusRequestEntityTooLarge
+			}
+			a.log.WarnContext(r.Context(), "proxied request failed", "tenant", up.tenant.ID, "err", err)
+			c.Error(echo.NewHTTPError(status))
+		},
+	}
+	rp.ServeHTTP(c.Response(), req)
+	if status == 0 {
+		status = c.Response().Status
+	}
+	a.m.ProxyRequests.WithLabelValues(up.tenant.ID, methodClass(req.Method), strconv.Itoa(status/100)+"xx").Inc()
+	return nil
+}
+
+// proxyPath cleans the requested path and checks it against the allow-list.
+// Traversal (.., encoded or not) cannot climb out of an allowed prefix
+// because the check is on the cleaned path.
+func proxyPath(raw string, allowed []string) (string, error) {
+	unescaped, err := url.PathUnescape(raw)
+	if err != nil || strings.ContainsAny(unescaped, "\\\x00") {
+		return "", errPathNotAllowed
+	}
+	p := path.Clean("/" + unescaped)
+	if strings.HasSuffix(raw, "/") && p != "/" {
+		p += "/"
+	}
+	for _, prefix := range allowed {
+		if strings.HasPrefix(p, prefix) {
+			return p, nil
+		}
+	}
+	return "", errPathNotAllowed
+}
+
+func (t Tenant) proxyPaths() []string {
+	if len(t.ProxyPaths) == 0 {
+		return DefaultProxyPaths
+	}
+	return t.ProxyPaths
+}
+
+// replayable keeps a small request body in memory so the request can be
+// sent again after a 401.
+func replayable(out *http.Request) {
+	if out.Body == nil || out.Body == http.NoBody {
+		out.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+		return
+	}
+	if out.ContentLength < 0 || out.ContentLength > replayLimit {
+		return // streams; no retry
+	}
+	raw, err := io.ReadAll(io.LimitReader(out.Body, replayLimit+1))
+	out.Body.Close()
+	if err != nil || int64(len(raw)) > replayLimit {
+		out.Body = io.NopCloser(io.MultiReader(bytes.NewReader(raw), errReader{err}))
+		return
+	}
+	out.Body = io.NopCloser(bytes.NewReader(raw))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err == nil {
+		return 0, io.EOF
+	}
+	return 0, e.err
+}
+
+// retryTransport sends a request again, once, with a fresh token when the
+// tenant answers 401 and the body can be replayed.
+type retryTransport struct {
+	base http.RoundTripper
+	api  *API
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || req.GetBody == nil {
+		return resp, err
+	}
+	call, _ := req.Context().Value(proxyCtxKey{}).(*proxyCall)
+	if call == nil {
+		return resp, nil
+	}
+	fresh, ferr := t.api.broker.Reissue(req.Context(), call.id, call.token)
+	body, berr := req.GetBody()
+	if ferr != nil || berr != nil {
+		t.api.log.WarnContext(req.Context(), "proxy: no fresh token after a 401", "err", errors.Join(ferr, berr))
+		return resp, nil
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	again := req.Clone(req.Context())
+	again.Body = body
+	call.token = fresh.AccessToken
+	again.Header.Set("Authorization", "Bearer "+fresh.AccessToken)
+	return t.base.RoundTrip(again)
+}
+
+func methodClass(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return "read"
+	}
+	return "write"
+}

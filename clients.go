@@ -1,0 +1,740 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/qtb-dev/qlik-token-broker/qlik"
+)
+
+// adminScope is the scope an admin client's token asks for: the one the
+// oauth-clients API requires. Asking for it alone keeps the token no more
+// powerful than the command needs.
+const adminScope = "admin_classic"
+
+// adminTimeout bounds each call of an admin command to the tenant.
+const adminTimeout = 30 * time.Second
+
+const clientsUsage = `Usage: qlik-token-broker clients <command> [arguments] [flags]
+
+Manage the tenant's OAuth clients (/api/v1/oauth-clients).
+
+Commands:
+  list                                   list every client
+  get <id>                               show one client and its consent method
+  create --name N [--app-type web] [--description D] [--scope S]... [--grant G]...
+         [--origin O]... [--redirect-uri U]... [--consent trusted|required]
+                                         create a client; its secret is shown this once
+  update <id> --op add|remove|replace --path /P [--value V]
+  update <id> --patch '[{"op":"replace","path":"/clientName","value":"X"}]'
+                                         change a client (JSON Patch)
+  delete <id>                            delete a client
+  secrets create <id>                    add a secret (at most 5); shown this once
+  secrets delete <id> <hint>             delete the secret named hint
+  consent get <id>                       print the consent method
+  consent set <id> trusted|required      set the consent method
+
+Repeatable flags (--scope, --grant, --origin, --redirect-uri) also take comma lists.
+`
+
+const adminFlagsUsage = `
+Every command talks to --tenant-url (QTB_TENANT_URL) as a tenant admin: either
+an admin OAuth client (client_credentials, scope admin_classic) given by
+--admin-client-id (QTB_ADMIN_CLIENT_ID) and --admin-client-secret-file
+(QTB_ADMIN_CLIENT_SECRET_FILE or QTB_ADMIN_CLIENT_SECRET), or a bearer token
+from --token-file (QTB_ADMIN_TOKEN_FILE or QTB_ADMIN_TOKEN). Flags win over the
+environment.
+`
+
+// adminOptions are the flags of every admin command: the tenant and how to
+// authenticate to it. Empty flags fall back to the environment.
+type adminOptions struct {
+	tenantURL  string
+	clientID   string
+	secretFile string
+	tokenFile  string
+}
+
+func (o *adminOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.tenantURL, "tenant-url", "", "the Qlik tenant, e.g. https://acme.eu.qlikcloud.com (QTB_TENANT_URL)")
+	fs.StringVar(&o.clientID, "admin-client-id", "", "admin OAuth client with scope admin_classic (QTB_ADMIN_CLIENT_ID)")
+	fs.StringVar(&o.secretFile, "admin-client-secret-file", "", "file holding its secret (QTB_ADMIN_CLIENT_SECRET_FILE; or QTB_ADMIN_CLIENT_SECRET)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding an admin bearer token, instead of an admin client (QTB_ADMIN_TOKEN_FILE; or QTB_ADMIN_TOKEN)")
+}
+
+// adminAPI is an authenticated session on a tenant's admin APIs.
+type adminAPI struct {
+	qlik   *qlik.Client
+	bearer secret
+	// minted holds the admin client's credentials when this run minted
+	// bearer, so close can revoke it; nil for a token given by the caller.
+	minted *qlik.Credentials
+}
+
+// connect resolves the tenant and credentials (flags, then getenv) and, for
+// an admin client, mints its token.
+func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (*adminAPI, error) {
+	tenantURL := cmp.Or(o.tenantURL, getenv("QTB_TENANT_URL"))
+	if tenantURL == "" {
+		return nil, errors.New("--tenant-url (QTB_TENANT_URL) is required")
+	}
+	client, err := qlik.New(tenantURL, qlik.Options{HTTPClient: qlik.NewHTTPClient(adminTimeout)})
+	if err != nil {
+		return nil, fmt.Errorf("--tenant-url: %w", err)
+	}
+
+	useToken := o.tokenFile != ""
+	useClient := o.clientID != "" || o.secretFile != ""
+	switch {
+	case useToken && useClient:
+		return nil, errors.New("--token-file and --admin-client-id/--admin-client-secret-file: give one, not both")
+	case !useToken && !useClient: // nothing on the command line: the environment decides
+		envToken := getenv("QTB_ADMIN_TOKEN") != "" || getenv("QTB_ADMIN_TOKEN_FILE") != ""
+		envClient := getenv("QTB_ADMIN_CLIENT_ID") != ""
+		if envToken && envClient {
+			return nil, errors.New("QTB_ADMIN_TOKEN(_FILE) and QTB_ADMIN_CLIENT_ID are both set: set one, not both")
+		}
+		useToken, useClient = envToken, envClient
+	}
+
+	if useToken {
+		tok, err := pickSecret(o.tokenFile, "--token-file", "QTB_ADMIN_TOKEN", getenv)
+		if err != nil {
+			return nil, err
+		}
+		return &adminAPI{qlik: client, bearer: tok}, nil
+	}
+	if !useClient {
+		return nil, errors.New("admin credentials are required: --admin-client-id with --admin-client-secret-file " +
+			"(QTB_ADMIN_CLIENT_ID with QTB_ADMIN_CLIENT_SECRET(_FILE)), or --token-file (QTB_ADMIN_TOKEN(_FILE))")
+	}
+	id := cmp.Or(o.clientID, getenv("QTB_ADMIN_CLIENT_ID"))
+	if id == "" {
+		return nil, errors.New("--admin-client-id (QTB_ADMIN_CLIENT_ID) is required with an admin client secret")
+	}
+	sec, err := pickSecret(o.secretFile, "--admin-client-secret-file", "QTB_ADMIN_CLIENT_SECRET", getenv)
+	if err != nil {
+		return nil, err
+	}
+	creds := qlik.Credentials{ClientID: id, ClientSecret: string(sec)}
+	tok, err := client.ClientCredentialsToken(ctx, creds, adminScope)
+	if err != nil {
+		return nil, fmt.Errorf("admin client %s: %w", id, explain(err))
+	}
+	return &adminAPI{qlik: client, bearer: secret(tok.AccessToken), minted: &creds}, nil
+}
+
+// pickSecret reads a secret from the file named by flagPath, else from
+// env_FILE, else from env; both env forms at once are an error.
+func pickSecret(flagPath, flagName, env string, getenv func(string) string) (secret, error) {
+	if flagPath != "" {
+		v, err := readSecretFile(flagPath)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", flagName, err)
+		}
+		return v, nil
+	}
+	inline, path := getenv(env), getenv(env+"_FILE")
+	switch {
+	case inline != "" && path != "":
+		return "", fmt.Errorf("%s and %s_FILE: set one, not both", env, env)
+	case path != "":
+		v, err := readSecretFile(path)
+		if err != nil {
+			return "", fmt.Errorf("%s_FILE: %w", env, err)
+		}
+		return v, nil
+	case inline != "":
+		return secret(inline), nil
+	}
+	return "", fmt.Errorf("%s (or %s, %s_FILE) is required", flagName, env, env)
+}
+
+// close revokes a token this run minted, so a finished command leaves no
+// admin token alive at the tenant. Best effort, on a context of its own: the
+// command's may be done.
+func (a *adminAPI) close(ctx context.Context) {
+	if a.minted == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = a.qlik.Revoke(ctx, *a.minted, string(a.bearer))
+}
+
+// ensureConsent gives c the consent method want, reading it when the
+// client does not say and setting it when it differs.
+func ensureConsent(ctx context.Context, api *adminAPI, c *qlik.OAuthClient, want string) error {
+	if c.ConsentMethod == "" {
+		m, err := api.qlik.GetConsent(ctx, string(api.bearer), c.ClientID)
+		if err != nil {
+			return err
+		}
+		c.ConsentMethod = m
+	}
+	if c.ConsentMethod == want {
+		return nil
+	}
+	if err := api.qlik.SetConsent(ctx, string(api.bearer), c.ClientID, want); err != nil {
+		return err
+	}
+	c.ConsentMethod = want
+	return nil
+}
+
+// tenantError is a refusal from the tenant as an admin command reports it:
+// with the detail that *qlik.Error leaves out of its message (the reader is
+// the admin who sent the request) and a hint on what to do.
+type tenantError struct {
+	err  *qlik.Error
+	hint string
+}
+
+func (e *tenantError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.err.Error())
+	if d := printable(e.err.Detail, 500); d != "" {
+		b.WriteString(": ")
+		b.WriteString(d)
+	}
+	if e.hint != "" {
+		b.WriteString(" (")
+		b.WriteString(e.hint)
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+func (e *tenantError) Unwrap() error { return e.err }
+
+// explain turns a *qlik.Error into a *tenantError; other errors pass.
+func explain(err error) error {
+	var qe *qlik.Error
+	if !errors.As(err, &qe) {
+		return err
+	}
+	return &tenantError{err: qe, hint: hint(qe)}
+}
+
+func hint(e *qlik.Error) string {
+	token := e.Endpoint == "token"
+	switch {
+	case token && e.StatusCode == 401:
+		return "the tenant refused the admin client's id or secret"
+	case token && e.Code == "invalid_scope":
+		return "the admin client is not allowed scope " + adminScope + ": add it to the client's allowedScopes"
+	case token && e.Code == "unauthorized_client":
+		return "the admin client may not use the client_credentials grant"
+	case e.StatusCode == 401:
+		return "the admin token is invalid, expired or revoked"
+	case e.StatusCode == 403:
+		return "the admin credentials lack scope " + adminScope
+	case e.StatusCode == 404 && e.Endpoint == "oauth-client-secrets":
+		return "no such client, or no secret with this hint"
+	case e.StatusCode == 404:
+		return "no OAuth client with this id"
+	case e.StatusCode == 409:
+		return "the client already has 5 secrets, Qlik's limit: delete one with `qlik-token-broker clients secrets delete <id> <hint>`"
+	case e.StatusCode == 429 && e.RetryAfter > 0:
+		return "rate limited: retry in " + e.RetryAfter.String()
+	}
+	return ""
+}
+
+// printable cuts s to n bytes and drops control characters, so a tenant's
+// detail cannot rewrite the terminal.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "") + "..."
+	}
+	return strings.TrimSpace(s)
+}
+
+// stringList is a repeatable flag that also splits comma lists.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error {
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" && !slices.Contains(*l, p) {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// parseInterspersed parses flags wherever they appear among the positional
+// arguments (`get <id> --output json`), which flag.Parse alone does not.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos, args = append(pos, args[0]), args[1:]
+	}
+}
+
+// clientsCmd is `qlik-token-broker clients ...`.
+func clientsCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, clientsUsage)
+		return errors.New("clients: a command is required")
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, clientsUsage+adminFlagsUsage)
+		return nil
+	}
+	name, args := args[0], args[1:]
+	if (name == "secrets" || name == "consent") && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = name+" "+args[0], args[1:]
+	}
+	cmd, ok := clientCommands[name]
+	if !ok {
+		fmt.Fprint(stderr, clientsUsage)
+		return fmt.Errorf("clients: unknown command %q", name)
+	}
+
+	fs := flag.NewFlagSet("clients "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var admin adminOptions
+	admin.register(fs)
+	var output string
+	fs.StringVar(&output, "output", "table", "table or json")
+	var f clientFlags
+	if cmd.flags != nil {
+		cmd.flags(fs, &f)
+	}
+	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "Usage: qlik-token-broker clients %s %s [flags]\n\nFlags:\n", name, cmd.args)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fmt.Fprint(stdout, adminFlagsUsage)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("clients %s: %w", name, err)
+	}
+	if output != "table" && output != "json" {
+		return fmt.Errorf("clients %s: --output must be table or json, got %q", name, output)
+	}
+	if len(pos) != cmd.nargs {
+		return fmt.Errorf("clients %s: want arguments %s, got %d", name, cmd.args, len(pos))
+	}
+	if err := f.validate(name); err != nil {
+		return fmt.Errorf("clients %s: %w", name, err)
+	}
+
+	api, err := admin.connect(ctx, getenv)
+	if err != nil {
+		return fmt.Errorf("clients %s: %w", name, err)
+	}
+	defer api.close(ctx)
+	out := &clientsOutput{w: stdout, stderr: stderr, json: output == "json"}
+	if err := cmd.run(ctx, api, pos, f, out); err != nil {
+		return fmt.Errorf("clients %s: %w", name, explain(err))
+	}
+	return nil
+}
+
+// clientFlags are the flags of the clients commands that take any beyond
+// the shared ones.
+type clientFlags struct {
+	// create
+	name, appType, description, consent   string
+	scopes, grants, origins, redirectURIs stringList
+	// update
+	op, path, value, patch string
+	valueSet               bool
+}
+
+func (f clientFlags) validate(cmd string) error {
+	switch cmd {
+	case "create":
+		if strings.TrimSpace(f.name) == "" {
+			return errors.New("--name is required")
+		}
+		if f.consent != "" && f.consent != qlik.ConsentTrusted && f.consent != qlik.ConsentRequired {
+			return fmt.Errorf("--consent must be trusted or required, got %q", f.consent)
+		}
+		for _, o := range f.origins {
+			if err := checkOrigin(o); err != nil {
+				return fmt.Errorf("--origin: %w", err)
+			}
+		}
+	case "update":
+		switch {
+		case f.patch != "" && (f.op != "" || f.path != "" || f.valueSet):
+			return errors.New("--patch replaces --op, --path and --value: give one form")
+		case f.patch != "":
+			return nil
+		case f.op != "add" && f.op != "remove" && f.op != "replace":
+			return fmt.Errorf("--op must be add, remove or replace, got %q (or give --patch)", f.op)
+		case !strings.HasPrefix(f.path, "/"):
+			return fmt.Errorf("--path must be a JSON Pointer such as /clientName, got %q", f.path)
+		case f.op == "remove" && f.valueSet:
+			return errors.New("--op remove takes no --value")
+		case f.op != "remove" && !f.valueSet:
+			return fmt.Errorf("--op %s needs --value", f.op)
+		}
+	}
+	return nil
+}
+
+// listPaths are the client members that hold arrays of strings.
+var listPaths = []string{"/redirectUris", "/allowedScopes", "/allowedGrantTypes", "/allowedOrigins", "/allowedAuthMethods"}
+
+// patchOps builds the JSON Patch of `clients update`. On an array member a
+// value starting with [ is a JSON array; otherwise replace splits a comma
+// list and add sends the one string (the tenant appends it). /publicKeys
+// takes raw JSON; every other member a string.
+func (f clientFlags) patchOps() ([]qlik.PatchOp, error) {
+	if f.patch != "" {
+		var ops []qlik.PatchOp
+		if err := json.Unmarshal([]byte(f.patch), &ops); err != nil {
+			return nil, fmt.Errorf("--patch is not a JSON array of operations: %w", err)
+		}
+		if len(ops) == 0 {
+			return nil, errors.New("--patch holds no operations")
+		}
+		return ops, nil
+	}
+	op := qlik.PatchOp{Op: f.op, Path: f.path}
+	switch {
+	case f.op == "remove":
+	case f.path == "/publicKeys":
+		if !json.Valid([]byte(f.value)) {
+			return nil, errors.New("--value for /publicKeys must be JSON")
+		}
+		op.Value = json.RawMessage(f.value)
+	case slices.Contains(listPaths, f.path) && strings.HasPrefix(strings.TrimSpace(f.value), "["):
+		var list []string
+		if err := json.Unmarshal([]byte(f.value), &list); err != nil {
+			return nil, fmt.Errorf("--value for %s is not a JSON array of strings: %w", f.path, err)
+		}
+		op.Value = nonNilList(list)
+	case slices.Contains(listPaths, f.path) && f.op == "replace":
+		var list stringList
+		_ = list.Set(f.value)
+		op.Value = nonNilList(list)
+	default:
+		op.Value = f.value
+	}
+	return []qlik.PatchOp{op}, nil
+}
+
+// clientCommand is one `clients` command.
+type clientCommand struct {
+	args  string // for messages: "<id>"
+	nargs int
+	flags func(*flag.FlagSet, *clientFlags)
+	run   func(ctx context.Context, api *adminAPI, args []string, f clientFlags, out *clientsOutput) error
+}
+
+var clientCommands = map[string]clientCommand{
+	"list": {run: func(ctx context.Context, api *adminAPI, _ []string, _ clientFlags, out *clientsOutput) error {
+		cs, err := api.qlik.ListOAuthClients(ctx, string(api.bearer), qlik.ListOptions{})
+		if err != nil {
+			return err
+		}
+		return out.list(cs)
+	}},
+	"get": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		c, err := api.qlik.GetOAuthClient(ctx, string(api.bearer), args[0])
+		if err != nil {
+			return err
+		}
+		if c.ConsentMethod == "" { // not every tenant includes connectionConfig
+			if c.ConsentMethod, err = api.qlik.GetConsent(ctx, string(api.bearer), c.ClientID); err != nil {
+				return err
+			}
+		}
+		return out.client(c, "")
+	}},
+	"create": {
+		flags: func(fs *flag.FlagSet, f *clientFlags) {
+			fs.StringVar(&f.name, "name", "", "client name (required)")
+			fs.StringVar(&f.appType, "app-type", qlik.AppTypeWeb, "web, native, spa or anonymous-embed (cannot change later)")
+			fs.StringVar(&f.description, "description", "", "description")
+			fs.Var(&f.scopes, "scope", "allowed scope; repeatable or comma separated, e.g. user_default")
+			fs.Var(&f.grants, "grant", "allowed grant type (web clients): client_credentials, "+qlik.GrantImpersonation)
+			fs.Var(&f.origins, "origin", "allowed browser origin, scheme://host[:port]")
+			fs.Var(&f.redirectURIs, "redirect-uri", "allowed redirect URI")
+			fs.StringVar(&f.consent, "consent", "", "trusted or required (the tenant's default); impersonation needs trusted")
+		},
+		run: func(ctx context.Context, api *adminAPI, _ []string, f clientFlags, out *clientsOutput) error {
+			create := qlik.OAuthClientCreate{
+				AppType: f.appType, ClientName: f.name, Description: f.description,
+				AllowedScopes: f.scopes, AllowedGrantTypes: f.grants, AllowedOrigins: f.origins, RedirectURIs: f.redirectURIs,
+			}
+			if f.consent == qlik.ConsentTrusted { // required is the default, and the only other value
+				create.ConsentMethod = qlik.ConsentTrusted
+			}
+			c, err := api.qlik.CreateOAuthClient(ctx, string(api.bearer), create)
+			if err != nil {
+				return err
+			}
+			// A tenant may ignore connectionConfig on create: check, and set
+			// it when it did. The client exists from here on, so its secret is
+			// printed whatever happens next.
+			if f.consent != "" {
+				err = ensureConsent(ctx, api, &c, f.consent)
+			}
+			if printErr := out.client(c, c.ClientSecret); printErr != nil {
+				return printErr
+			}
+			if err != nil {
+				return fmt.Errorf("client %s was created, but setting its consent failed: %w", c.ClientID, explain(err))
+			}
+			return nil
+		},
+	},
+	"update": {
+		args: "<id>", nargs: 1,
+		flags: func(fs *flag.FlagSet, f *clientFlags) {
+			fs.StringVar(&f.op, "op", "", "add, remove or replace")
+			fs.StringVar(&f.path, "path", "", "member to change, e.g. /clientName, /allowedOrigins")
+			fs.Func("value", "new value: a string, a comma list or JSON array for array members", func(s string) error {
+				f.value, f.valueSet = s, true
+				return nil
+			})
+			fs.StringVar(&f.patch, "patch", "", "a whole JSON Patch array instead of --op/--path/--value")
+		},
+		run: func(ctx context.Context, api *adminAPI, args []string, f clientFlags, out *clientsOutput) error {
+			ops, err := f.patchOps()
+			if err != nil {
+				return err
+			}
+			newSecret, err := api.qlik.UpdateOAuthClient(ctx, string(api.bearer), args[0], ops)
+			if err != nil {
+				return err
+			}
+			c, err := api.qlik.GetOAuthClient(ctx, string(api.bearer), args[0])
+			if err != nil {
+				return fmt.Errorf("updated, but reading the client back failed: %w", explain(err))
+			}
+			out.note("updated client %s", c.ClientID)
+			return out.client(c, newSecret)
+		},
+	},
+	"delete": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		if err := api.qlik.DeleteOAuthClient(ctx, string(api.bearer), args[0]); err != nil {
+			return err
+		}
+		return out.done(map[string]any{"clientId": args[0], "deleted": true}, "deleted client %s", args[0])
+	}},
+	"secrets create": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		s, err := api.qlik.CreateClientSecret(ctx, string(api.bearer), args[0])
+		if err != nil {
+			return err
+		}
+		return out.secret(s)
+	}},
+	"secrets delete": {args: "<id> <hint>", nargs: 2, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		if err := api.qlik.DeleteClientSecret(ctx, string(api.bearer), args[0], args[1]); err != nil {
+			return err
+		}
+		return out.done(map[string]any{"clientId": args[0], "hint": args[1], "deleted": true},
+			"deleted secret %s of client %s", args[1], args[0])
+	}},
+	"consent get": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		m, err := api.qlik.GetConsent(ctx, string(api.bearer), args[0])
+		if err != nil {
+			return err
+		}
+		return out.done(map[string]string{"clientId": args[0], "consentMethod": m}, "%s", m)
+	}},
+	"consent set": {args: "<id> trusted|required", nargs: 2, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
+		if m := args[1]; m != qlik.ConsentTrusted && m != qlik.ConsentRequired {
+			return fmt.Errorf("consent method must be trusted or required, got %q", m)
+		}
+		if err := api.qlik.SetConsent(ctx, string(api.bearer), args[0], args[1]); err != nil {
+			return err
+		}
+		return out.done(map[string]string{"clientId": args[0], "consentMethod": args[1]},
+			"consent of client %s is now %s", args[0], args[1])
+	}},
+}
+
+// clientsOutput prints results as tables for people or JSON for scripts.
+type clientsOutput struct {
+	w, stderr io.Writer
+	json      bool
+}
+
+// clientView is a client as `clients --output json` prints it.
+// ClientSecret is set only right after the tenant made one.
+type clientView struct {
+	ClientID           string     `json:"clientId"`
+	ClientName         string     `json:"clientName"`
+	Description        string     `json:"description,omitempty"`
+	AppType            string     `json:"appType"`
+	AllowedScopes      []string   `json:"allowedScopes"`
+	AllowedGrantTypes  []string   `json:"allowedGrantTypes"`
+	AllowedOrigins     []string   `json:"allowedOrigins"`
+	RedirectURIs       []string   `json:"redirectUris"`
+	AllowedAuthMethods []string   `json:"allowedAuthMethods,omitempty"`
+	ClientURI          string     `json:"clientUri,omitempty"`
+	LogoURI            string     `json:"logoUri,omitempty"`
+	OwnerID            string     `json:"ownerId,omitempty"`
+	CreatedAt          *time.Time `json:"createdAt,omitempty"`
+	ClientSecretHint   string     `json:"clientSecretHint,omitempty"`
+	ConsentMethod      string     `json:"consentMethod,omitempty"`
+	ClientSecret       string     `json:"clientSecret,omitempty"`
+}
+
+func viewOf(c qlik.OAuthClient, newSecret string) clientView {
+	v := clientView{
+		ClientID: c.ClientID, ClientName: c.ClientName, Description: c.Description, AppType: c.AppType,
+		AllowedScopes: nonNilList(c.AllowedScopes), AllowedGrantTypes: nonNilList(c.AllowedGrantTypes),
+		AllowedOrigins: nonNilList(c.AllowedOrigins), RedirectURIs: nonNilList(c.RedirectURIs),
+		AllowedAuthMethods: c.AllowedAuthMethods, ClientURI: c.ClientURI, LogoURI: c.LogoURI, OwnerID: c.OwnerID,
+		ClientSecretHint: c.ClientSecretHint, ConsentMethod: c.ConsentMethod, ClientSecret: newSecret,
+	}
+	if !c.CreatedAt.IsZero() {
+		t := c.CreatedAt.UTC()
+		v.CreatedAt = &t
+	}
+	return v
+}
+
+func nonNilList(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func (o *clientsOutput) encode(v any) error {
+	enc := json.NewEncoder(o.w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// note prints a line for people; JSON output stays a single document.
+func (o *clientsOutput) note(format string, a ...any) {
+	if !o.json {
+		fmt.Fprintf(o.w, format+"\n", a...)
+	}
+}
+
+// done prints the result of a command that returns no client.
+func (o *clientsOutput) done(v any, format string, a ...any) error {
+	if o.json {
+		return o.encode(v)
+	}
+	_, err := fmt.Fprintf(o.w, format+"\n", a...)
+	return err
+}
+
+func (o *clientsOutput) list(cs []qlik.OAuthClient) error {
+	if o.json {
+		views := make([]clientView, len(cs))
+		for i, c := range cs {
+			views[i] = viewOf(c, "")
+		}
+		return o.encode(views)
+	}
+	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLIENT ID\tNAME\tAPP TYPE\tCONSENT\tSCOPES\tCREATED")
+	for _, c := range cs {
+		created := "-"
+		if !c.CreatedAt.IsZero() {
+			created = c.CreatedAt.UTC().Format(time.DateOnly)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ClientID, printable(c.ClientName, 60), c.AppType,
+			orDash(c.ConsentMethod), orDash(strings.Join(c.AllowedScopes, ",")), created)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(o.w, "%d clients\n", len(cs))
+	return err
+}
+
+// client prints one client; newSecret, when the tenant just made one, is
+// printed with a warning, since Qlik never shows it again.
+func (o *clientsOutput) client(c qlik.OAuthClient, newSecret string) error {
+	if o.json {
+		if newSecret != "" {
+			fmt.Fprintln(o.stderr, secretWarning)
+		}
+		return o.encode(viewOf(c, newSecret))
+	}
+	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, orDash(v)) }
+	row("Client ID", c.ClientID)
+	row("Name", printable(c.ClientName, 256))
+	row("Description", printable(c.Description, 512))
+	row("App type", c.AppType)
+	row("Consent", c.ConsentMethod)
+	row("Scopes", strings.Join(c.AllowedScopes, ", "))
+	row("Grant types", strings.Join(c.AllowedGrantTypes, ", "))
+	row("Origins", strings.Join(c.AllowedOrigins, ", "))
+	row("Redirect URIs", strings.Join(c.RedirectURIs, ", "))
+	row("Auth methods", strings.Join(c.AllowedAuthMethods, ", "))
+	row("Secret hint", c.ClientSecretHint)
+	row("Owner", c.OwnerID)
+	if !c.CreatedAt.IsZero() {
+		row("Created", c.CreatedAt.UTC().Format(time.RFC3339))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if newSecret != "" {
+		fmt.Fprintf(o.w, "\nClient secret: %s\n%s\n", newSecret, secretWarning)
+	}
+	return nil
+}
+
+func (o *clientsOutput) secret(s qlik.ClientSecret) error {
+	if o.json {
+		fmt.Fprintln(o.stderr, secretWarning)
+		v := struct {
+			ClientID     string     `json:"clientId"`
+			ClientSecret string     `json:"clientSecret"`
+			Hint         string     `json:"hint"`
+			CreatedAt    *time.Time `json:"createdAt,omitempty"`
+		}{ClientID: s.ClientID, ClientSecret: s.ClientSecret, Hint: s.Hint}
+		if !s.CreatedAt.IsZero() {
+			t := s.CreatedAt.UTC()
+			v.CreatedAt = &t
+		}
+		return o.encode(v)
+	}
+	_, err := fmt.Fprintf(o.w, "New secret of client %s (hint %s)\n\nClient secret: %s\n%s\n", s.ClientID, s.Hint, s.ClientSecret, secretWarning)
+	return err
+}
+
+const secretWarning = "WARNING: Qlik shows a client secret only this once. Store it now (e.g. in a Kubernetes Secret); it cannot be read back later."
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
