@@ -203,11 +203,11 @@ type tenantError struct {
 func (e *tenantError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.err.Error())
-	if d := printable(e.err.Detail, 500); d != "" {
+	if d := terminalSafe(e.err.Detail, 500); d != "" {
 		b.WriteString(": ")
 		b.WriteString(d)
 	}
-	if e.hint != "" {
+	if e.hint != "" && !strings.Contains(strings.ToLower(e.err.Detail), strings.ToLower(e.hint)) {
 		b.WriteString(" (")
 		b.WriteString(e.hint)
 		b.WriteString(")")
@@ -223,10 +223,10 @@ func explain(err error) error {
 	if !errors.As(err, &qe) {
 		return err
 	}
-	return &tenantError{err: qe, hint: hint(qe)}
+	return &tenantError{err: qe, hint: refusalHint(qe)}
 }
 
-func hint(e *qlik.Error) string {
+func refusalHint(e *qlik.Error) string {
 	token := e.Endpoint == "token"
 	switch {
 	case token && e.StatusCode == 401:
@@ -251,9 +251,9 @@ func hint(e *qlik.Error) string {
 	return ""
 }
 
-// printable cuts s to n bytes and drops control characters, so a tenant's
+// terminalSafe cuts s to n bytes and drops control characters, so a tenant's
 // detail cannot rewrite the terminal.
-func printable(s string, n int) string {
+func terminalSafe(s string, n int) string {
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '
@@ -504,6 +504,7 @@ var clientCommands = map[string]clientCommand{
 			if f.consent != "" {
 				err = ensureConsent(ctx, api, &c, f.consent)
 			}
+			out.note("created client %s", c.ClientID)
 			if printErr := out.client(c, c.ClientSecret); printErr != nil {
 				return printErr
 			}
@@ -666,7 +667,7 @@ func (o *clientsOutput) list(cs []qlik.OAuthClient) error {
 		if !c.CreatedAt.IsZero() {
 			created = c.CreatedAt.UTC().Format(time.DateOnly)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ClientID, printable(c.ClientName, 60), c.AppType,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ClientID, terminalSafe(c.ClientName, 60), c.AppType,
 			orDash(c.ConsentMethod), orDash(strings.Join(c.AllowedScopes, ",")), created)
 	}
 	if err := tw.Flush(); err != nil {
@@ -688,8 +689,8 @@ func (o *clientsOutput) client(c qlik.OAuthClient, newSecret string) error {
 	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, orDash(v)) }
 	row("Client ID", c.ClientID)
-	row("Name", printable(c.ClientName, 256))
-	row("Description", printable(c.Description, 512))
+	row("Name", terminalSafe(c.ClientName, 256))
+	row("Description", terminalSafe(c.Description, 512))
 	row("App type", c.AppType)
 	row("Consent", c.ConsentMethod)
 	row("Scopes", strings.Join(c.AllowedScopes, ", "))

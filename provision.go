@@ -149,7 +149,7 @@ func provisionCmd(ctx context.Context, args []string, getenv func(string) string
 		return fmt.Errorf("provision: unexpected arguments %q", pos)
 	}
 	if err := o.validate(); err != nil {
-		return fmt.Errorf("provision: %w", indent(err))
+		return fmt.Errorf("provision: invalid flags:\n%w", indent(err))
 	}
 
 	// Local state first: a file that cannot be read or a directory that
@@ -227,7 +227,7 @@ func (p *provisioner) run(ctx context.Context) error {
 		for _, pr := range p.problems {
 			b.WriteString("\n  - " + pr)
 		}
-		b.WriteString("\nrun again with --fix to correct it (or --rotate-secret for a new secret only)")
+		b.WriteString("\nrun again with --fix to correct it")
 		return errors.New(b.String())
 	}
 	if err := p.saveSecret(sec); err != nil {
@@ -425,7 +425,7 @@ func (p *provisioner) reconcile(ctx context.Context, c *qlik.OAuthClient) (strin
 		reason = "the secret in " + p.o.secretOut + " is not valid for this client (rotated or deleted?)"
 	}
 	if !p.o.rotateSecret && (!p.o.fix || len(p.problems) > 0) {
-		p.problems = append(p.problems, "client secret unknown: "+reason+"; Qlik never shows a secret again, so a new one is needed")
+		p.problems = append(p.problems, "client secret unknown: "+reason+"; Qlik shows a secret only once, so --fix or --rotate-secret makes a new one")
 	}
 	if len(p.problems) > 0 { // report only: nothing changes while problems remain
 		return "", nil

@@ -23,7 +23,9 @@ func (c *capture) Register(col prometheus.Collector) error {
 	return nil
 }
 
-func (c *capture) MustRegister(cs ...prometheus.Collector) { c.collectors = append(c.collectors, cs...) }
+func (c *capture) MustRegister(cs ...prometheus.Collector) {
+	c.collectors = append(c.collectors, cs...)
+}
 
 func (c *capture) Unregister(prometheus.Collector) bool { return false }
 
