@@ -108,6 +108,9 @@ type config struct {
 	ShutdownTimeout time.Duration
 	LogLevel        string
 	LogFormat       string
+
+	// tracing comes from the OTEL_* variables, not from a setting.
+	tracing tracingConfig
 }
 
 func defaultConfig() config {
@@ -187,7 +190,7 @@ func (c *config) settings() []setting {
 		{"QTB_SESSION_LEEWAY", "clock skew allowed on exp, nbf and iat", (*durationValue)(&c.SessionLeeway)},
 		{"QTB_SESSION_COOKIE", "cookie to read the session JWT from when no Authorization header is sent", (*stringValue)(&c.SessionCookie)},
 		{"QTB_USER_CLAIM", "session claim holding the Qlik user", (*stringValue)(&c.UserClaim)},
-		{"QTB_USER_LOOKUP", "how Qlik finds the user: userId or subject", (*stringValue)(&c.UserLookup)},
+		{"QTB_USER_LOOKUP", "how Qlik finds the user: userId, subject or email (resolved through the users API)", (*stringValue)(&c.UserLookup)},
 		{"QTB_REDIS_URL", "redis:// or rediss:// URL; empty keeps tokens in process memory only", (*secretValue)(&c.RedisURL)},
 		{"QTB_REDIS_MODE", "standalone, cluster or sentinel", (*stringValue)(&c.RedisMode)},
 		{"QTB_REDIS_ADDRS", "cluster seed nodes or sentinels (host:port), comma separated, added to the URL's host", (*listValue)(&c.RedisAddrs)},

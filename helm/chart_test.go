@@ -18,6 +18,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -63,14 +64,37 @@ var minimal = []string{
 // never in an env value, a ConfigMap, a label or an annotation.
 var sentinels = map[string]string{
 	"secrets.clientSecret.existingSecret":      "sentinel-client-secret-3e1f",
+	"secrets.adminClientSecret.existingSecret": "sentinel-admin-secret-5a81",
 	"secrets.sessionHmacSecret.existingSecret": "sentinel-hmac-secret-9b2c",
+	"secrets.serviceHmacSecret.existingSecret": "sentinel-service-hmac-6f3d",
 	"redis.existingSecret":                     "sentinel-redis-password-4d7a",
 	"secrets.cacheKey.existingSecret":          "sentinel-cache-key-0c5e",
 }
 
+// singleTenantSecrets are the sentinels a tenants file replaces.
+var singleTenantSecrets = []string{"secrets.clientSecret.existingSecret", "secrets.adminClientSecret.existingSecret"}
+
+// singleTenant turns the multi-tenant all-options file into one tenant,
+// with email lookups through the admin client.
+var singleTenant = []string{
+	"--set", "tenants.inline=", "--set-json", "tenants.secrets=[]",
+	"--set", "config.tenantUrl=https://acme.eu.qlikcloud.com", "--set", "config.clientId=client-id",
+	"--set", "secrets.clientSecret.existingSecret=qtb-client",
+	"--set", "config.adminClientId=admin-client-id", "--set", "secrets.adminClientSecret.existingSecret=qtb-admin",
+	"--set", "config.userLookup=email", "--set", "config.createUsers=true",
+}
+
+// multiTenant turns minimal into two tenants, each with its Secret.
+var multiTenant = []string{
+	"--set", "config.tenantUrl=", "--set", "config.clientId=", "--set", "secrets.clientSecret.existingSecret=",
+	"--set", "config.tenantClaim=tenant",
+	"--set-json", `tenants.inline="tenants:\n- {id: acme, url: 'https://acme.eu.qlikcloud.com', clientId: a, clientSecretFile: /etc/qlik-token-broker/acme/client-secret}\n- {id: globex, url: 'https://globex.us.qlikcloud.com', clientId: g, clientSecretFile: /etc/qlik-token-broker/globex/client-secret, adminClientId: ga, adminClientSecretFile: /etc/qlik-token-broker/globex/admin-secret}\n"`,
+	"--set-json", `tenants.secrets=[{"name":"qtb-acme","mountPath":"/etc/qlik-token-broker/acme"},{"name":"qtb-globex","mountPath":"/etc/qlik-token-broker/globex/"}]`,
+}
+
 // pendingSettings are variables the chart already sets for broker features
 // still being built; anything else the chart sets must be in settings().
-var pendingSettings = []string{"QTB_TENANTS_FILE"}
+var pendingSettings []string
 
 // knownMetrics are the series the broker exports today (metrics/metrics.go).
 // Dashboards and alerts may query nothing else.
@@ -81,6 +105,8 @@ var knownMetrics = []string{
 	"qlik_token_broker_http_origin_rejections_total",
 	"qlik_token_broker_http_request_duration_seconds_bucket",
 	"qlik_token_broker_http_requests_total",
+	"qlik_token_broker_proxy_request_duration_seconds_bucket",
+	"qlik_token_broker_proxy_requests_total",
 	"qlik_token_broker_redis_degraded",
 	"qlik_token_broker_redis_errors_total",
 	"qlik_token_broker_session_rejections_total",
@@ -299,16 +325,52 @@ func (m *manifest) deployment(t *testing.T) *appsv1.Deployment {
 	return m.deployments[0]
 }
 
-func sentinelArgs() []string {
-	var args []string
-	for k, v := range sentinels {
-		args = append(args, k+"="+v)
+// sentinelArgs sets the sentinel Secret names of the given values, and
+// returns them.
+func sentinelArgs(keys ...string) (args, names []string) {
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "--set", k+"="+sentinels[k])
+		names = append(names, sentinels[k])
 	}
-	sort.Strings(args)
-	for i := len(args) - 1; i >= 0; i-- {
-		args = slices.Insert(args, i, "--set")
+	return args, names
+}
+
+// multiTenantSentinels: every sentinel but the single-tenant ones, plus the
+// all-options file's tenants.secrets renamed to sentinels.
+func multiTenantSentinels(t *testing.T) (args, names []string) {
+	t.Helper()
+	var keys []string
+	for k := range sentinels {
+		if !slices.Contains(singleTenantSecrets, k) {
+			keys = append(keys, k)
+		}
 	}
-	return args
+	args, names = sentinelArgs(keys...)
+	raw, err := os.ReadFile(allOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Tenants struct {
+			Secrets []map[string]any `json:"secrets"`
+		} `json:"tenants"`
+	}
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Tenants.Secrets) == 0 {
+		t.Fatalf("%s has no tenants.secrets", allOptions)
+	}
+	for i, s := range v.Tenants.Secrets {
+		s["name"] = fmt.Sprintf("sentinel-tenant-%d-8e4b", i)
+		names = append(names, s["name"].(string))
+	}
+	j, err := json.Marshal(v.Tenants.Secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(args, "--set-json", "tenants.secrets="+string(j)), names
 }
 
 func env(c corev1.Container) map[string]string {
@@ -322,7 +384,7 @@ func env(c corev1.Container) map[string]string {
 var secretLooking = regexp.MustCompile(`SECRET|PASSWORD|KEY`)
 
 // notSecret are the files that may come from a ConfigMap.
-var notSecret = map[string]bool{"QTB_SESSION_PUBLIC_KEY_FILE": true, "QTB_REDIS_CA_FILE": true, "QTB_TENANTS_FILE": true}
+var notSecret = map[string]bool{"QTB_SESSION_PUBLIC_KEY_FILE": true, "QTB_SERVICE_PUBLIC_KEY_FILE": true, "QTB_REDIS_CA_FILE": true, "QTB_TENANTS_FILE": true}
 
 // checkContainer asserts the broker container's restricted security context,
 // its probes, and that secrets reach it only as files.
@@ -391,7 +453,8 @@ func checkContainer(t *testing.T, c corev1.Container, volumes []corev1.Volume, a
 		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 			t.Errorf("env %s comes from a Secret key: secrets must be files", e.Name)
 		}
-		if secretLooking.MatchString(e.Name) && !strings.HasSuffix(e.Name, "_FILE") {
+		// OpenTelemetry's *_KEY variables (OTEL_EXPORTER_OTLP_CLIENT_KEY) are paths.
+		if secretLooking.MatchString(e.Name) && !strings.HasSuffix(e.Name, "_FILE") && !strings.HasPrefix(e.Name, "OTEL_") {
 			t.Errorf("env %s looks like a secret but is not a *_FILE path", e.Name)
 		}
 	}
@@ -451,9 +514,65 @@ func checkFiles(t *testing.T, c corev1.Container, volumes []corev1.Volume) {
 			t.Errorf("%s=%s: volume %s does not project %s", e.Name, e.Value, v.Name, path.Base(e.Value))
 		}
 	}
+	// Tenant Secrets are read through the tenants file (checkTenantFiles).
+	_, tenantsFile := env(c)["QTB_TENANTS_FILE"]
+	for _, v := range volumes {
+		if !strings.HasPrefix(v.Name, "qtb-tenant-") {
+			continue
+		}
+		if v.Secret == nil {
+			t.Errorf("volume %s: tenant secrets must come from a Secret", v.Name)
+		}
+		if !tenantsFile {
+			t.Errorf("volume %s: a tenant Secret without a tenants file", v.Name)
+		}
+		used[v.Name] = true
+	}
 	for _, v := range volumes {
 		if strings.HasPrefix(v.Name, "qtb-") && !used[v.Name] {
 			t.Errorf("volume %s is mounted but no *_FILE variable reads it", v.Name)
+		}
+	}
+}
+
+// checkTenantFiles asserts every secret file the tenants file names lies in
+// a directory where a whole Secret is mounted read-only.
+func checkTenantFiles(t *testing.T, tenantsYAML string, c corev1.Container, volumes []corev1.Volume) {
+	t.Helper()
+	var f struct {
+		Tenants []struct {
+			ID                    string `json:"id"`
+			ClientSecretFile      string `json:"clientSecretFile"`
+			AdminClientSecretFile string `json:"adminClientSecretFile"`
+		} `json:"tenants"`
+	}
+	if err := yaml.Unmarshal([]byte(tenantsYAML), &f); err != nil || len(f.Tenants) == 0 {
+		t.Fatalf("tenants file: %v\n%s", err, tenantsYAML)
+	}
+	byName := map[string]corev1.Volume{}
+	for _, v := range volumes {
+		byName[v.Name] = v
+	}
+	for _, e := range f.Tenants {
+		for _, file := range []string{e.ClientSecretFile, e.AdminClientSecretFile} {
+			if file == "" {
+				continue
+			}
+			i := slices.IndexFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool { return vm.MountPath == path.Dir(file) })
+			if i < 0 {
+				t.Errorf("tenant %s: %s is in no mounted directory", e.ID, file)
+				continue
+			}
+			vm := c.VolumeMounts[i]
+			v := byName[vm.Name]
+			switch {
+			case !vm.ReadOnly || vm.SubPath != "":
+				t.Errorf("tenant %s: mount %s must be read-only, without subPath", e.ID, vm.Name)
+			case v.Secret == nil:
+				t.Errorf("tenant %s: %s is not from a Secret (volume %s)", e.ID, file, vm.Name)
+			case len(v.Secret.Items) > 0:
+				t.Errorf("tenant %s: volume %s projects only %v; mount the whole Secret", e.ID, vm.Name, v.Secret.Items)
+			}
 		}
 	}
 }
@@ -597,8 +716,37 @@ func TestRefusedValues(t *testing.T) {
 			"--set", "secrets.sessionPublicKey.existingConfigMap=b"}, "not both"},
 		"grace period too short": {[]string{"--set", "terminationGracePeriodSeconds=15"}, "must exceed"},
 		"wildcard origin":        {[]string{"--set", "config.corsOrigins[0]=https://*.example.com"}, "corsOrigins"},
-		"unknown user lookup":    {[]string{"--set", "config.userLookup=email"}, "userLookup"},
-		"redis password, no url": {[]string{"--set", "redis.existingSecret=r"}, "redis.existingSecret needs redis.url"},
+		"unknown user lookup":    {[]string{"--set", "config.userLookup=mail"}, "userLookup"},
+		"email without admin":    {[]string{"--set", "config.userLookup=email"}, "config.userLookup email needs the admin client"},
+		"admin id, no secret":    {[]string{"--set", "config.adminClientId=a"}, "go together"},
+		"create users, no email": {[]string{"--set", "config.createUsers=true"}, "config.createUsers needs config.userLookup email"},
+		"tenants file and tenant url": {[]string{"--set", "tenants.existingConfigMap=qtb-tenants"},
+			"replaces config.tenantUrl, config.clientId, secrets.clientSecret.existingSecret"},
+		"tenant secrets, no tenants file": {[]string{"--set-json", `tenants.secrets=[{"name":"qtb-acme","mountPath":"/etc/qlik-token-broker/acme"}]`},
+			"tenants.secrets needs a tenants file"},
+		"several tenants, no claim": {append(slices.Clone(multiTenant), "--set", "config.tenantClaim="), "2 tenants need config.tenantClaim"},
+		"tenant secret not mounted": {append(slices.Clone(multiTenant), "--set-json", `tenants.secrets=[{"name":"qtb-acme","mountPath":"/etc/qlik-token-broker/acme"}]`),
+			"tenant globex: clientSecretFile /etc/qlik-token-broker/globex/client-secret is in no mounted Secret"},
+		"tenant secret over the tenants file": {append(slices.Clone(multiTenant), "--set-json", `tenants.secrets=[{"name":"qtb-acme","mountPath":"/etc/qlik-token-broker/tenants"}]`),
+			"overlaps the chart's mount /etc/qlik-token-broker/tenants"},
+		"tenant secrets on one path": {append(slices.Clone(multiTenant), "--set-json", `tenants.secrets=[{"name":"a","mountPath":"/etc/qlik-token-broker/acme"},{"name":"b","mountPath":"/etc/qlik-token-broker/acme/b"}]`),
+			"overlaps another tenant's"},
+		"tenant mountPath with ..": {append(slices.Clone(multiTenant), "--set-json", `tenants.secrets=[{"name":"a","mountPath":"/etc/../acme"}]`), "mountPath"},
+		"tenants file not YAML":    {append(slices.Clone(multiTenant), "--set", "tenants.inline=tenants: [a"), "tenants.inline is not YAML"},
+		"service key, no audience": {[]string{"--set", "secrets.serviceHmacSecret.existingSecret=svc"}, "config.service.audience is required"},
+		"service audience is the session's": {[]string{"--set", "secrets.serviceHmacSecret.existingSecret=svc", "--set", "config.service.audience=app",
+			"--set", "config.session.audience=app"}, "must differ from config.session.audience"},
+		"two service key sources": {[]string{"--set", "secrets.serviceHmacSecret.existingSecret=svc", "--set", "config.service.jwksUrl=https://jobs.example.com/jwks",
+			"--set", "config.service.audience=svc"}, "at most one service key source"},
+		"service audience, no key": {[]string{"--set", "config.service.audience=svc"}, "no service key source"},
+		"proxy timeout zero":       {[]string{"--set-string", "config.proxy.timeout=0s"}, "config.proxy.timeout (QTB_PROXY_TIMEOUT) must be positive"},
+		"negative proxy body":      {[]string{"--set", "config.proxy.maxBody=-1"}, "/config/proxy/maxBody"},
+		"otlp endpoint in extraEnv": {[]string{"--set-json", `extraEnv=[{"name":"OTEL_EXPORTER_OTLP_ENDPOINT","value":"http://c:4317"}]`},
+			"OTEL_EXPORTER_OTLP_ENDPOINT: set by the chart"},
+		"otlp credentials in headers": {[]string{"--set-json", `extraEnv=[{"name":"OTEL_EXPORTER_OTLP_HEADERS","value":"Authorization=Bearer s3cret"}]`},
+			"OTEL_EXPORTER_OTLP_HEADERS: credentials in the pod spec"},
+		"otlp endpoint with password": {[]string{"--set", "tracing.otlpEndpoint=https://u:s3cret@collector:4318"}, "/tracing/otlpEndpoint"},
+		"redis password, no url":      {[]string{"--set", "redis.existingSecret=r"}, "redis.existingSecret needs redis.url"},
 		"password in redis url query": {[]string{"--set", "redis.url=redis://sentinel:26379?master_name=m&password=s3cret"},
 			"at '/redis/url': 'not' failed"},
 		"redis addrs, standalone": {[]string{"--set", "redis.addrs[0]=redis-1:6379"}, "standalone takes redis.url only"},
@@ -672,6 +820,7 @@ func TestDefaults(t *testing.T) {
 		"QTB_TOKEN_SKEW": "60s", "QTB_MIN_TOKEN_TTL": "10m", "QTB_REFRESH_AHEAD": "1h", "QTB_L1_TTL": "5m",
 		"QTB_L1_MAX_ENTRIES": "100000", "QTB_UPSTREAM_CONCURRENCY": "8",
 		"QTB_UPSTREAM_RETRIES": "2", "QTB_UPSTREAM_BREAKER_FAILURES": "5", "QTB_UPSTREAM_BREAKER_OPEN": "30s", "QTB_USER_BURST": "10",
+		"QTB_PROXY_TIMEOUT": "5m", "QTB_PROXY_MAX_BODY": "33554432",
 	} {
 		if vars[k] != want {
 			t.Errorf("%s=%q, want %q", k, vars[k], want)
@@ -679,7 +828,9 @@ func TestDefaults(t *testing.T) {
 	}
 	for _, unset := range []string{"QTB_REDIS_URL", "QTB_REDIS_MODE", "QTB_REDIS_ADDRS", "QTB_REDIS_MASTER_NAME", "QTB_REDIS_CA_FILE",
 		"QTB_REDIS_PASSWORD_FILE", "QTB_CORS_ORIGINS", "QTB_CACHE_KEY_FILE", "QTB_TENANTS_FILE", "QTB_SESSION_ALGORITHMS", "QTB_L1_ENABLED",
-		"QTB_UPSTREAM_RATE", "QTB_UPSTREAM_BURST", "QTB_USER_RATE"} {
+		"QTB_UPSTREAM_RATE", "QTB_UPSTREAM_BURST", "QTB_USER_RATE", "QTB_TENANT_CLAIM", "QTB_ADMIN_CLIENT_ID", "QTB_ADMIN_CLIENT_SECRET_FILE",
+		"QTB_CREATE_USERS", "QTB_SERVICE_HMAC_SECRET_FILE", "QTB_SERVICE_PUBLIC_KEY_FILE", "QTB_SERVICE_JWKS_URL", "QTB_SERVICE_ISSUER",
+		"QTB_SERVICE_AUDIENCE", "QTB_SERVICE_TENANTS_CLAIM", "QTB_PROXY_WEBSOCKET", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} {
 		if _, ok := vars[unset]; ok {
 			t.Errorf("%s is set by default", unset)
 		}
@@ -836,7 +987,8 @@ func TestRedisTopologies(t *testing.T) {
 
 func TestAllOptions(t *testing.T) {
 	t.Parallel()
-	m := render(t, append([]string{"-f", allOptions, "--api-versions", monitoring}, sentinelArgs()...)...)
+	secretArgs, secretNames := multiTenantSentinels(t)
+	m := render(t, append([]string{"-f", allOptions, "--api-versions", monitoring}, secretArgs...)...)
 	if !sameKinds(m.kinds, "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "ConfigMap", "ConfigMap",
 		"Service", "Deployment", "HorizontalPodAutoscaler", "PrometheusRule", "ServiceMonitor") {
 		t.Fatalf("kinds %v", m.kinds)
@@ -847,7 +999,7 @@ func TestAllOptions(t *testing.T) {
 	c := spec.Containers[0]
 	checkContainer(t, c, spec.Volumes, "api")
 	checkGracePeriod(t, spec, c)
-	checkSentinels(t, m, sentinelValues()...)
+	checkSentinels(t, m, secretNames...)
 
 	if d.Spec.Replicas != nil {
 		t.Errorf("replicas %d set although the HorizontalPodAutoscaler owns them", *d.Spec.Replicas)
@@ -892,16 +1044,38 @@ func TestAllOptions(t *testing.T) {
 		"QTB_UPSTREAM_BREAKER_OPEN":     "45s",
 		"QTB_USER_RATE":                 "20",
 		"QTB_USER_BURST":                "5",
+		// Many tenants, service credentials, the proxy and tracing.
+		"QTB_TENANTS_FILE":              "/etc/qlik-token-broker/tenants/tenants.yaml",
+		"QTB_TENANT_CLAIM":              "qlik_tenant",
+		"QTB_SERVICE_HMAC_SECRET_FILE":  "/var/run/secrets/qlik-token-broker/service-hmac/hmac-secret",
+		"QTB_SERVICE_ISSUER":            "https://jobs.example.com",
+		"QTB_SERVICE_AUDIENCE":          "qlik-token-broker-service",
+		"QTB_SERVICE_TENANTS_CLAIM":     "qlik_tenants",
+		"QTB_PROXY_TIMEOUT":             "10m",
+		"QTB_PROXY_MAX_BODY":            "67108864",
+		"QTB_PROXY_WEBSOCKET":           "true",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":   "http://otel-collector.monitoring.svc:4317",
+		"OTEL_SERVICE_NAME":             "acme-token-broker",
+		"OTEL_EXPORTER_OTLP_CLIENT_KEY": "/etc/qlik-token-broker/otlp-client/tls.key",
 	} {
 		if vars[k] != want {
 			t.Errorf("%s=%q, want %q", k, vars[k], want)
 		}
 	}
+	// The tenants file replaces the single-tenant settings: the broker
+	// refuses both.
+	for _, unset := range []string{"QTB_TENANT_URL", "QTB_CLIENT_ID", "QTB_CLIENT_SECRET_FILE", "QTB_ADMIN_CLIENT_ID",
+		"QTB_ADMIN_CLIENT_SECRET_FILE", "QTB_CREATE_USERS"} {
+		if _, ok := vars[unset]; ok {
+			t.Errorf("%s is set beside a tenants file", unset)
+		}
+	}
 
 	tenants, ok := m.configMaps["acme-token-broker-tenants"]
 	if !ok || !strings.Contains(tenants.Data["tenants.yaml"], "id: acme") {
-		t.Errorf("tenants ConfigMap %+v", tenants)
+		t.Fatalf("tenants ConfigMap %+v", tenants)
 	}
+	checkTenantFiles(t, tenants.Data["tenants.yaml"], c, spec.Volumes)
 
 	np := m.netpols[0]
 	if !subset(np.Spec.PodSelector.MatchLabels, d.Spec.Template.Labels) {
@@ -923,7 +1097,8 @@ func TestAllOptions(t *testing.T) {
 		}
 	}
 	// The sentinels' port, and 6379 for the master they report.
-	for _, want := range []string{"UDP/53", "TCP/53", "TCP/26380", "TCP/6379", "TCP/443"} {
+	// And the OTLP collector's port.
+	for _, want := range []string{"UDP/53", "TCP/53", "TCP/26380", "TCP/6379", "TCP/443", "TCP/4317"} {
 		if !egress[want] {
 			t.Errorf("egress %v lacks %s", egress, want)
 		}
@@ -957,6 +1132,66 @@ func TestAllOptions(t *testing.T) {
 	checkDashboardConfigMap(t, dash, "monitoring")
 }
 
+// TestTenants: a tenants file (inline as text or as a mapping, or an
+// existing ConfigMap) replaces the single-tenant settings, and each tenant's
+// Secret is mounted whole where the file points.
+func TestTenants(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		args      []string
+		configMap string // tenants ConfigMap the pod mounts
+		rendered  bool   // whether the chart renders it
+	}{
+		"inline text": {nil, "qtb-qlik-token-broker-tenants", true},
+		// The later --set-json replaces multiTenant's text.
+		"inline mapping": {[]string{"--set-json",
+			`tenants.inline={"tenants":[{"id":"acme","url":"https://acme.eu.qlikcloud.com","clientId":"a","clientSecretFile":"/etc/qlik-token-broker/acme/client-secret"}]}`},
+			"qtb-qlik-token-broker-tenants", true},
+		"existing ConfigMap": {[]string{"--set", "tenants.inline=", "--set", "tenants.existingConfigMap=qtb-tenants"}, "qtb-tenants", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			m := render(t, append(append(slices.Clone(minimal), multiTenant...), tc.args...)...)
+			spec := m.deployment(t).Spec.Template.Spec
+			c := spec.Containers[0]
+			checkContainer(t, c, spec.Volumes, "api")
+			vars := env(c)
+			if vars["QTB_TENANTS_FILE"] != "/etc/qlik-token-broker/tenants/tenants.yaml" || vars["QTB_TENANT_CLAIM"] != "tenant" {
+				t.Errorf("QTB_TENANTS_FILE=%q QTB_TENANT_CLAIM=%q", vars["QTB_TENANTS_FILE"], vars["QTB_TENANT_CLAIM"])
+			}
+			for _, unset := range []string{"QTB_TENANT_URL", "QTB_CLIENT_ID", "QTB_CLIENT_SECRET_FILE"} {
+				if _, ok := vars[unset]; ok {
+					t.Errorf("%s is set beside a tenants file", unset)
+				}
+			}
+			secrets := map[string]string{} // mount path -> Secret
+			for _, v := range spec.Volumes {
+				if v.Name == "qtb-tenants" && (v.ConfigMap == nil || v.ConfigMap.Name != tc.configMap) {
+					t.Errorf("tenants volume %+v, want ConfigMap %s", v.VolumeSource, tc.configMap)
+				}
+				if v.Secret != nil && strings.HasPrefix(v.Name, "qtb-tenant-") {
+					for _, vm := range c.VolumeMounts {
+						if vm.Name == v.Name {
+							secrets[vm.MountPath] = v.Secret.SecretName
+						}
+					}
+				}
+			}
+			// The trailing slash of globex's mountPath is cleaned away.
+			if want := map[string]string{"/etc/qlik-token-broker/acme": "qtb-acme", "/etc/qlik-token-broker/globex": "qtb-globex"}; !maps.Equal(secrets, want) {
+				t.Errorf("tenant Secrets mounted %v, want %v", secrets, want)
+			}
+			cm, ok := m.configMaps[tc.configMap]
+			if ok != tc.rendered {
+				t.Fatalf("tenants ConfigMap %s rendered: %v, want %v", tc.configMap, ok, tc.rendered)
+			}
+			if ok {
+				checkTenantFiles(t, cm.Data["tenants.yaml"], c, spec.Volumes)
+			}
+		})
+	}
+}
+
 func TestMonitoringNeedsOperatorAPI(t *testing.T) {
 	t.Parallel()
 	m := render(t, "-f", allOptions)
@@ -979,7 +1214,8 @@ func TestChecksumFollowsConfig(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"--set", "config.logLevel=debug"},
-		{"--set", "tenants.inline=tenants: []"},
+		{"--set", "config.proxy.timeout=1m"},
+		{"--set", "tracing.otlpEndpoint=http://collector:4317"},
 		{"--set", "secrets.clientSecret.key=other"},
 	} {
 		if got := checksum(args...); got == base {
@@ -1003,8 +1239,10 @@ func TestEverySettingReachable(t *testing.T) {
 	set := map[string]bool{}
 	for _, args := range [][]string{
 		{"-f", allOptions},
-		{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "config.session.jwksUrl=https://app.example.com/jwks.json"},
-		{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "secrets.sessionPublicKey.existingSecret=session-key"},
+		{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "config.session.jwksUrl=https://app.example.com/jwks.json",
+			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "secrets.servicePublicKey.existingSecret=service-key"},
+		append([]string{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "secrets.sessionPublicKey.existingSecret=session-key",
+			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "config.service.jwksUrl=https://jobs.example.com/jwks.json"}, singleTenant...),
 	} {
 		c := render(t, args...).deployment(t).Spec.Template.Spec.Containers[0]
 		for _, e := range c.Env {
@@ -1080,9 +1318,8 @@ func TestSidecar(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			args := append([]string{"-f", sidecarFile, "--api-versions", monitoring,
-				"--set", "secrets.clientSecret.existingSecret=" + sentinels["secrets.clientSecret.existingSecret"],
-				"--set", "redis.existingSecret=" + sentinels["redis.existingSecret"]}, tc.args...)
+			secretArgs, secretNames := sentinelArgs("secrets.clientSecret.existingSecret", "secrets.adminClientSecret.existingSecret", "redis.existingSecret")
+			args := append(append([]string{"-f", sidecarFile, "--api-versions", monitoring}, secretArgs...), tc.args...)
 			m := render(t, args...)
 			if !sameKinds(m.kinds, "ConfigMap", "ConfigMap", "PrometheusRule") {
 				t.Fatalf("kinds %v: sidecar mode renders the block, the dashboard and the rules only", m.kinds)
@@ -1108,13 +1345,23 @@ func TestSidecar(t *testing.T) {
 			}
 			c := containers[0]
 			checkContainer(t, c, volumes, "qtb-api")
-			checkSentinels(t, m, sentinels["secrets.clientSecret.existingSecret"], sentinels["redis.existingSecret"])
+			checkSentinels(t, m, secretNames...)
 			native := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 			if native != tc.native {
 				t.Errorf("restartPolicy %v, native=%v", c.RestartPolicy, tc.native)
 			}
 			if c.Name != "token-broker" || env(c)["QTB_LISTEN"] != ":8181" {
 				t.Errorf("container %s listening on %s", c.Name, env(c)["QTB_LISTEN"])
+			}
+			for k, want := range map[string]string{
+				"QTB_USER_LOOKUP": "email", "QTB_ADMIN_CLIENT_ID": "4567ef0123abcd4567ef0123abcd4567", "QTB_CREATE_USERS": "true",
+				"QTB_SERVICE_PUBLIC_KEY_FILE": "/etc/qlik-token-broker/service-public-key/public-key.pem",
+				"QTB_SERVICE_AUDIENCE":        "qlik-token-broker-service", "QTB_PROXY_WEBSOCKET": "true",
+				"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318", "OTEL_SERVICE_NAME": "qlik-token-broker",
+			} {
+				if got := env(c)[k]; got != want {
+					t.Errorf("%s=%q, want %q", k, got, want)
+				}
 			}
 			for _, v := range volumes {
 				if v.Secret != nil && (v.Secret.DefaultMode == nil || *v.Secret.DefaultMode&0o004 == 0) {
@@ -1262,6 +1509,8 @@ func TestDashboard(t *testing.T) {
 		"qlik_token_broker_upstream_invalid_credentials_total",
 		"qlik_token_broker_upstream_queue_wait_seconds_bucket",
 		"qlik_token_broker_upstream_retries_total",
+		"qlik_token_broker_proxy_requests_total",
+		"qlik_token_broker_proxy_request_duration_seconds_bucket",
 	} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no panel shows %s", want)
@@ -1404,15 +1653,6 @@ func checkPDB(t *testing.T, p *policyv1.PodDisruptionBudget, d *appsv1.Deploymen
 	if p.Spec.MaxUnavailable == nil && p.Spec.MinAvailable == nil {
 		t.Error("PodDisruptionBudget sets neither maxUnavailable nor minAvailable")
 	}
-}
-
-func sentinelValues() []string {
-	var out []string
-	for _, v := range sentinels {
-		out = append(out, v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func sameKinds(got []string, want ...string) bool {

@@ -19,6 +19,9 @@ never subPath, so kubelet's atomic updates reach the file.
 {{- with $s.clientSecret.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_CLIENT_SECRET_FILE" "volume" "qtb-client-secret" "dir" (printf "%s/client" $dir) "file" "client-secret" "secret" . "key" $s.clientSecret.key) }}
 {{- end }}
+{{- with $s.adminClientSecret.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_ADMIN_CLIENT_SECRET_FILE" "volume" "qtb-admin-client-secret" "dir" (printf "%s/admin-client" $dir) "file" "admin-client-secret" "secret" . "key" $s.adminClientSecret.key) }}
+{{- end }}
 {{- with $s.sessionHmacSecret.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_SESSION_HMAC_SECRET_FILE" "volume" "qtb-session-hmac" "dir" (printf "%s/session-hmac" $dir) "file" "hmac-secret" "secret" . "key" $s.sessionHmacSecret.key) }}
 {{- end }}
@@ -27,6 +30,15 @@ never subPath, so kubelet's atomic updates reach the file.
 {{- end }}
 {{- with $s.sessionPublicKey.existingConfigMap }}
 {{- $m = append $m (dict "env" "QTB_SESSION_PUBLIC_KEY_FILE" "volume" "qtb-session-public-key" "dir" "/etc/qlik-token-broker/session-public-key" "file" "public-key.pem" "configMap" . "key" $s.sessionPublicKey.key) }}
+{{- end }}
+{{- with $s.serviceHmacSecret.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_SERVICE_HMAC_SECRET_FILE" "volume" "qtb-service-hmac" "dir" (printf "%s/service-hmac" $dir) "file" "hmac-secret" "secret" . "key" $s.serviceHmacSecret.key) }}
+{{- end }}
+{{- with $s.servicePublicKey.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_SERVICE_PUBLIC_KEY_FILE" "volume" "qtb-service-public-key" "dir" (printf "%s/service-public-key" $dir) "file" "public-key.pem" "secret" . "key" $s.servicePublicKey.key) }}
+{{- end }}
+{{- with $s.servicePublicKey.existingConfigMap }}
+{{- $m = append $m (dict "env" "QTB_SERVICE_PUBLIC_KEY_FILE" "volume" "qtb-service-public-key" "dir" "/etc/qlik-token-broker/service-public-key" "file" "public-key.pem" "configMap" . "key" $s.servicePublicKey.key) }}
 {{- end }}
 {{- with .Values.redis.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_REDIS_PASSWORD_FILE" "volume" "qtb-redis-password" "dir" (printf "%s/redis" $dir) "file" "password" "secret" . "key" $.Values.redis.passwordKey) }}
@@ -41,39 +53,104 @@ never subPath, so kubelet's atomic updates reach the file.
 {{- with $s.cacheKey.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_CACHE_KEY_FILE" "volume" "qtb-cache-key" "dir" (printf "%s/cache-key" $dir) "file" "cache-key" "secret" . "key" $s.cacheKey.key) }}
 {{- end }}
-{{- if or .Values.tenants.existingConfigMap .Values.tenants.inline }}
+{{- if include "qlik-token-broker.multiTenant" . }}
 {{- $m = append $m (dict "env" "QTB_TENANTS_FILE" "volume" "qtb-tenants" "dir" "/etc/qlik-token-broker/tenants" "file" "tenants.yaml" "configMap" (include "qlik-token-broker.tenantsConfigMapName" .) "key" .Values.tenants.key) }}
 {{- end }}
 {{- toJson $m }}
 {{- end }}
 
+{{/*
+tenantSecretMounts lists, as JSON, the Secrets of tenants.secrets: each an
+existing Secret mounted whole (every key a file, no subPath) at its
+mountPath, where the tenants file's clientSecretFile and
+adminClientSecretFile point. No variable names them.
+*/}}
+{{- define "qlik-token-broker.tenantSecretMounts" -}}
+{{- $m := list }}
+{{- range $i, $t := .Values.tenants.secrets }}
+{{- $m = append $m (dict "volume" (printf "qtb-tenant-%d" $i) "dir" (clean $t.mountPath) "secret" $t.name) }}
+{{- end }}
+{{- toJson $m }}
+{{- end }}
+
+{{/* multiTenant is "true" when a tenants file (QTB_TENANTS_FILE) replaces
+the single-tenant settings. */}}
+{{- define "qlik-token-broker.multiTenant" -}}
+{{- if or .Values.tenants.existingConfigMap .Values.tenants.inline }}true{{ end }}
+{{- end }}
+
+{{/* tracingEnabled is "true" when the OpenTelemetry exporter has somewhere
+to send spans: tracing.otlpEndpoint, or an OTEL_EXPORTER_OTLP_* endpoint in
+extraEnv. */}}
+{{- define "qlik-token-broker.tracingEnabled" -}}
+{{- $on := .Values.tracing.otlpEndpoint }}
+{{- range .Values.extraEnv }}
+{{- if regexMatch "^OTEL_EXPORTER_OTLP(_TRACES)?_ENDPOINT$" .name }}{{ $on = true }}{{ end }}
+{{- end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+
 {{/* The environment variables the chart sets itself; extraEnv may not repeat them. */}}
 {{- define "qlik-token-broker.managedEnv" -}}
-QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE
+QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE QTB_TENANT_CLAIM QTB_ADMIN_CLIENT_ID QTB_ADMIN_CLIENT_SECRET QTB_ADMIN_CLIENT_SECRET_FILE QTB_CREATE_USERS QTB_SERVICE_HMAC_SECRET QTB_SERVICE_HMAC_SECRET_FILE QTB_SERVICE_PUBLIC_KEY_FILE QTB_SERVICE_JWKS_URL QTB_SERVICE_ISSUER QTB_SERVICE_AUDIENCE QTB_SERVICE_TENANTS_CLAIM QTB_PROXY_TIMEOUT QTB_PROXY_MAX_BODY QTB_PROXY_WEBSOCKET OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME
 {{- end }}
 
 {{/* validate fails the render on configurations the broker would refuse at
 start, or that would put a secret where it does not belong. */}}
 {{- define "qlik-token-broker.validate" -}}
 {{- $v := .Values }}
+{{- if and $v.tenants.existingConfigMap $v.tenants.inline }}
+{{- fail "qlik-token-broker: tenants: set existingConfigMap or inline, not both" }}
+{{- end }}
 {{- $missing := list }}
-{{- if not $v.config.tenantUrl }}{{ $missing = append $missing "config.tenantUrl" }}{{ end }}
+{{- $multi := include "qlik-token-broker.multiTenant" . }}
+{{- if $multi }}
+{{- $single := list }}
+{{- if $v.config.tenantUrl }}{{ $single = append $single "config.tenantUrl" }}{{ end }}
+{{- if $v.config.clientId }}{{ $single = append $single "config.clientId" }}{{ end }}
+{{- if $v.secrets.clientSecret.existingSecret }}{{ $single = append $single "secrets.clientSecret.existingSecret" }}{{ end }}
+{{- if $v.config.adminClientId }}{{ $single = append $single "config.adminClientId" }}{{ end }}
+{{- if $v.secrets.adminClientSecret.existingSecret }}{{ $single = append $single "secrets.adminClientSecret.existingSecret" }}{{ end }}
+{{- if $v.config.createUsers }}{{ $single = append $single "config.createUsers" }}{{ end }}
+{{- if $single }}
+{{- $missing = append $missing (printf "the tenants file (tenants.inline or tenants.existingConfigMap) replaces %s: set them per tenant in the file (url, clientId, clientSecretFile, adminClientId, adminClientSecretFile, createUsers)" (join ", " $single)) }}
+{{- end }}
+{{- else }}
+{{- if not $v.config.tenantUrl }}{{ $missing = append $missing "config.tenantUrl (or a tenants file: tenants.inline or tenants.existingConfigMap)" }}{{ end }}
 {{- if not $v.config.clientId }}{{ $missing = append $missing "config.clientId" }}{{ end }}
 {{- if not $v.secrets.clientSecret.existingSecret }}{{ $missing = append $missing "secrets.clientSecret.existingSecret" }}{{ end }}
+{{- if ne (empty $v.config.adminClientId) (empty $v.secrets.adminClientSecret.existingSecret) }}{{ $missing = append $missing "config.adminClientId and secrets.adminClientSecret.existingSecret go together (the admin client and its secret)" }}{{ end }}
+{{- if and (eq $v.config.userLookup "email") (not $v.config.adminClientId) }}{{ $missing = append $missing "config.userLookup email needs the admin client that looks users up: config.adminClientId and secrets.adminClientSecret.existingSecret" }}{{ end }}
+{{- if and $v.config.createUsers (ne $v.config.userLookup "email") }}{{ $missing = append $missing "config.createUsers needs config.userLookup email" }}{{ end }}
+{{- if $v.tenants.secrets }}{{ $missing = append $missing "tenants.secrets needs a tenants file (tenants.inline or tenants.existingConfigMap) that points at them" }}{{ end }}
+{{- end }}
 {{- $sources := 0 }}
 {{- if $v.secrets.sessionHmacSecret.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
 {{- if or $v.secrets.sessionPublicKey.existingSecret $v.secrets.sessionPublicKey.existingConfigMap }}{{ $sources = add1 $sources }}{{ end }}
 {{- if $v.config.session.jwksUrl }}{{ $sources = add1 $sources }}{{ end }}
 {{- if ne (int $sources) 1 }}{{ $missing = append $missing (printf "exactly one session key source: secrets.sessionHmacSecret.existingSecret, secrets.sessionPublicKey.existingSecret/existingConfigMap or config.session.jwksUrl (%d set)" (int $sources)) }}{{ end }}
+{{- $svc := $v.config.service }}
+{{- $svcSources := 0 }}
+{{- if $v.secrets.serviceHmacSecret.existingSecret }}{{ $svcSources = add1 $svcSources }}{{ end }}
+{{- if or $v.secrets.servicePublicKey.existingSecret $v.secrets.servicePublicKey.existingConfigMap }}{{ $svcSources = add1 $svcSources }}{{ end }}
+{{- if $svc.jwksUrl }}{{ $svcSources = add1 $svcSources }}{{ end }}
+{{- if gt (int $svcSources) 1 }}{{ $missing = append $missing (printf "at most one service key source: secrets.serviceHmacSecret.existingSecret, secrets.servicePublicKey.existingSecret/existingConfigMap or config.service.jwksUrl (%d set)" (int $svcSources)) }}{{ end }}
+{{- if gt (int $svcSources) 0 }}
+{{- if not $svc.audience }}{{ $missing = append $missing "config.service.audience is required with service credentials" }}{{ end }}
+{{- if and $svc.audience (eq $svc.audience $v.config.session.audience) }}{{ $missing = append $missing "config.service.audience must differ from config.session.audience, so a user session can never pass as a service credential" }}{{ end }}
+{{- else if or $svc.audience $svc.issuer }}
+{{- $missing = append $missing "config.service.issuer/audience are set but no service key source is: set secrets.serviceHmacSecret, secrets.servicePublicKey or config.service.jwksUrl (or clear them)" }}
+{{- end }}
 {{- if $missing }}
 {{- fail (printf "qlik-token-broker: missing or conflicting values:\n  - %s" (join "\n  - " $missing)) }}
 {{- end }}
 {{- if and $v.secrets.sessionPublicKey.existingSecret $v.secrets.sessionPublicKey.existingConfigMap }}
 {{- fail "qlik-token-broker: secrets.sessionPublicKey: set existingSecret or existingConfigMap, not both" }}
 {{- end }}
-{{- if and $v.tenants.existingConfigMap $v.tenants.inline }}
-{{- fail "qlik-token-broker: tenants: set existingConfigMap or inline, not both" }}
+{{- if and $v.secrets.servicePublicKey.existingSecret $v.secrets.servicePublicKey.existingConfigMap }}
+{{- fail "qlik-token-broker: secrets.servicePublicKey: set existingSecret or existingConfigMap, not both" }}
 {{- end }}
+{{- include "qlik-token-broker.validateTenants" . }}
 {{- $r := $v.redis }}
 {{- $redis := include "qlik-token-broker.redisEnabled" . }}
 {{- if and $r.existingSecret (not $redis) }}
@@ -113,13 +190,72 @@ start, or that would put a secret where it does not belong. */}}
 {{- if has .name $managed }}
 {{- fail (printf "qlik-token-broker: extraEnv %s: set by the chart; use its value instead" .name) }}
 {{- end }}
-{{- if and (regexMatch "SECRET|PASSWORD|KEY" (upper .name)) (not (hasSuffix "_FILE" .name)) }}
+{{- /* OpenTelemetry's *_KEY variables (OTEL_EXPORTER_OTLP_CLIENT_KEY) are file paths. */}}
+{{- if and (regexMatch "SECRET|PASSWORD|KEY" (upper .name)) (not (hasSuffix "_FILE" .name)) (not (hasPrefix "OTEL_" .name)) }}
 {{- fail (printf "qlik-token-broker: extraEnv %s: secrets go in files (an existing Secret in extraVolumes, and a *_FILE variable)" .name) }}
+{{- end }}
+{{- if and (regexMatch "^OTEL_EXPORTER_OTLP(_TRACES|_METRICS|_LOGS)?_HEADERS$" .name) (regexMatch "(?i)authori[sz]ation|api[-_]?key|token|secret|password|bearer|basic" (default "" .value)) }}
+{{- fail (printf "qlik-token-broker: extraEnv %s: credentials in the pod spec; send spans to a collector that adds them (e.g. an OpenTelemetry Collector in the cluster)" .name) }}
 {{- end }}
 {{- end }}
 {{- range $v.extraVolumeMounts }}
 {{- if .subPath }}
 {{- fail (printf "qlik-token-broker: extraVolumeMounts %s: subPath mounts never see updates; mount the directory" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* validateTenants checks tenants.secrets, and an inline tenants file
+against them: every secret file it names must lie in a mounted directory,
+and several tenants need config.tenantClaim. An existingConfigMap's content
+is not visible to the chart; the broker checks it at start. */}}
+{{- define "qlik-token-broker.validateTenants" -}}
+{{- $v := .Values }}
+{{- $chartDirs := list }}
+{{- range include "qlik-token-broker.fileMounts" . | fromJsonArray }}
+{{- $chartDirs = append $chartDirs .dir }}
+{{- end }}
+{{- $mounted := list }}
+{{- range $t := include "qlik-token-broker.tenantSecretMounts" . | fromJsonArray }}
+{{- range $d := $chartDirs }}
+{{- if or (eq $t.dir $d) (hasPrefix (printf "%s/" $d) $t.dir) (hasPrefix (printf "%s/" $t.dir) $d) }}
+{{- fail (printf "qlik-token-broker: tenants.secrets %s: mountPath %s overlaps the chart's mount %s; use another directory, e.g. /etc/qlik-token-broker/<tenant-id>" $t.secret $t.dir $d) }}
+{{- end }}
+{{- end }}
+{{- range $d := $mounted }}
+{{- if or (eq $t.dir $d) (hasPrefix (printf "%s/" $d) $t.dir) (hasPrefix (printf "%s/" $t.dir) $d) }}
+{{- fail (printf "qlik-token-broker: tenants.secrets %s: mountPath %s overlaps another tenant's %s" $t.secret $t.dir $d) }}
+{{- end }}
+{{- end }}
+{{- $mounted = append $mounted $t.dir }}
+{{- end }}
+{{- range $v.extraVolumeMounts }}
+{{- $mounted = append $mounted (clean .mountPath) }}
+{{- end }}
+{{- with $v.tenants.inline }}
+{{- $file := . }}
+{{- if kindIs "string" . }}
+{{- $file = fromYaml . }}
+{{- if hasKey $file "Error" }}
+{{- fail (printf "qlik-token-broker: tenants.inline is not YAML: %s" $file.Error) }}
+{{- end }}
+{{- end }}
+{{- $list := get $file "tenants" }}
+{{- if not (kindIs "slice" $list) }}
+{{- fail "qlik-token-broker: tenants.inline needs a tenants: list (README, \"Many tenants\")" }}
+{{- end }}
+{{- if and (gt (len $list) 1) (not $v.config.tenantClaim) }}
+{{- fail (printf "qlik-token-broker: %d tenants need config.tenantClaim (QTB_TENANT_CLAIM), the session claim naming the tenant" (len $list)) }}
+{{- end }}
+{{- range $i, $e := $list }}
+{{- range $field := list "clientSecretFile" "adminClientSecretFile" }}
+{{- $f := get $e $field }}
+{{- if $f }}
+{{- if not (has (dir (toString $f)) $mounted) }}
+{{- fail (printf "qlik-token-broker: tenants.inline: tenant %v: %s %s is in no mounted Secret: add {name: <Secret>, mountPath: %s} to tenants.secrets" (default (add1 $i) $e.id) $field $f (dir (toString $f))) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -151,6 +287,7 @@ empty value stands for the broker's default. */}}
 {{- $_ := set $sec $name (include "qlik-token-broker.durationSeconds" (default $def (get $c $name)) | float64) }}
 {{- end }}
 {{- $_ := set $sec "leeway" (include "qlik-token-broker.durationSeconds" (default "30s" $c.session.leeway) | float64) }}
+{{- $_ = set $sec "proxyTimeout" (include "qlik-token-broker.durationSeconds" (default "5m" $c.proxy.timeout) | float64) }}
 {{- $bad := list }}
 {{- if le $sec.upstreamTimeout 0.0 }}{{ $bad = append $bad "config.upstreamTimeout (QTB_UPSTREAM_TIMEOUT) must be positive" }}{{ end }}
 {{- if lt $sec.upstreamBreakerOpen 1.0 }}{{ $bad = append $bad "config.upstreamBreakerOpen (QTB_UPSTREAM_BREAKER_OPEN) must be at least 1s" }}{{ end }}
@@ -159,6 +296,7 @@ empty value stands for the broker's default. */}}
 {{- if or (lt $sec.minTokenTtl 60.0) (gt $sec.minTokenTtl 10800.0) }}{{ $bad = append $bad "config.minTokenTtl (QTB_MIN_TOKEN_TTL) must be between 1m and 3h" }}{{ end }}
 {{- if or (le $sec.refreshAhead $sec.minTokenTtl) (gt $sec.refreshAhead 18000.0) }}{{ $bad = append $bad "config.refreshAhead (QTB_REFRESH_AHEAD) must exceed config.minTokenTtl and be at most 5h" }}{{ end }}
 {{- if le $sec.l1Ttl 0.0 }}{{ $bad = append $bad "config.l1Ttl (QTB_L1_TTL) must be positive" }}{{ end }}
+{{- if le $sec.proxyTimeout 0.0 }}{{ $bad = append $bad "config.proxy.timeout (QTB_PROXY_TIMEOUT) must be positive" }}{{ end }}
 {{- if $bad }}
 {{- fail (printf "qlik-token-broker: invalid values:\n  - %s" (join "\n  - " $bad)) }}
 {{- end }}
@@ -184,10 +322,26 @@ env:
     value: {{ printf ":%d" (int .Values.ports.api) | quote }}
   - name: QTB_METRICS_LISTEN
     value: {{ printf ":%d" (int .Values.ports.metrics) | quote }}
+  {{- with $c.tenantUrl }}
   - name: QTB_TENANT_URL
-    value: {{ $c.tenantUrl | quote }}
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $c.clientId }}
   - name: QTB_CLIENT_ID
-    value: {{ $c.clientId | quote }}
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $c.tenantClaim }}
+  - name: QTB_TENANT_CLAIM
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $c.adminClientId }}
+  - name: QTB_ADMIN_CLIENT_ID
+    value: {{ . | quote }}
+  {{- end }}
+  {{- if $c.createUsers }}
+  - name: QTB_CREATE_USERS
+    value: "true"
+  {{- end }}
   {{- range include "qlik-token-broker.fileMounts" . | fromJsonArray }}
   - name: {{ .env }}
     value: {{ printf "%s/%s" .dir .file | quote }}
@@ -313,6 +467,37 @@ env:
   - name: QTB_CORS_ORIGINS
     value: {{ join "," . | quote }}
   {{- end }}
+  {{- $svc := $c.service }}
+  {{- if or $svc.jwksUrl .Values.secrets.serviceHmacSecret.existingSecret .Values.secrets.servicePublicKey.existingSecret .Values.secrets.servicePublicKey.existingConfigMap }}
+  {{- with $svc.jwksUrl }}
+  - name: QTB_SERVICE_JWKS_URL
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $svc.issuer }}
+  - name: QTB_SERVICE_ISSUER
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $svc.audience }}
+  - name: QTB_SERVICE_AUDIENCE
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $svc.tenantsClaim }}
+  - name: QTB_SERVICE_TENANTS_CLAIM
+    value: {{ . | quote }}
+  {{- end }}
+  {{- end }}
+  {{- with $c.proxy.timeout }}
+  - name: QTB_PROXY_TIMEOUT
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $c.proxy.maxBody }}
+  - name: QTB_PROXY_MAX_BODY
+    value: {{ int64 . | toString | quote }}
+  {{- end }}
+  {{- if $c.proxy.websocket }}
+  - name: QTB_PROXY_WEBSOCKET
+    value: "true"
+  {{- end }}
   - name: QTB_SHUTDOWN_TIMEOUT
     value: {{ printf "%ds" (int $c.shutdownTimeoutSeconds) | quote }}
   {{- with $c.logLevel }}
@@ -323,11 +508,24 @@ env:
   - name: QTB_LOG_FORMAT
     value: {{ . | quote }}
   {{- end }}
+  {{- with .Values.tracing.otlpEndpoint }}
+  - name: OTEL_EXPORTER_OTLP_ENDPOINT
+    value: {{ . | quote }}
+  {{- end }}
+  {{- if and .Values.tracing.serviceName (include "qlik-token-broker.tracingEnabled" .) }}
+  - name: OTEL_SERVICE_NAME
+    value: {{ .Values.tracing.serviceName | quote }}
+  {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 volumeMounts:
   {{- range include "qlik-token-broker.fileMounts" . | fromJsonArray }}
+  - name: {{ .volume }}
+    mountPath: {{ .dir }}
+    readOnly: true
+  {{- end }}
+  {{- range include "qlik-token-broker.tenantSecretMounts" . | fromJsonArray }}
   - name: {{ .volume }}
     mountPath: {{ .dir }}
     readOnly: true
@@ -389,6 +587,12 @@ securityContext:
     items:
       - key: {{ .key | quote }}
         path: {{ .file }}
+{{- end }}
+{{- range include "qlik-token-broker.tenantSecretMounts" . | fromJsonArray }}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret | quote }}
+    defaultMode: {{ $mode }}
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}

@@ -89,7 +89,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* A hash of everything that shapes the broker's configuration, so a change
 rolls the pods (the tenants ConfigMap content included). */}}
 {{- define "qlik-token-broker.configChecksum" -}}
-{{- dict "config" .Values.config "secrets" .Values.secrets "redis" .Values.redis "tenants" .Values.tenants "ports" .Values.ports "extraEnv" .Values.extraEnv | toJson | sha256sum }}
+{{- dict "config" .Values.config "secrets" .Values.secrets "redis" .Values.redis "tenants" .Values.tenants "ports" .Values.ports "extraEnv" .Values.extraEnv "tracing" .Values.tracing | toJson | sha256sum }}
 {{- end }}
 
 {{- define "qlik-token-broker.replicasAboveOne" -}}
