@@ -72,6 +72,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return fmt.Errorf("invalid configuration:\n%w", indent(err))
 		}
+		if cfg.tracing, err = tracingFromEnv(getenv); err != nil {
+			return fmt.Errorf("invalid configuration:\n%w", indent(err))
+		}
 		hook, _ := ctx.Value(listenHookKey{}).(listenHook)
 		return serve(ctx, cfg, stderr, hook)
 	case "demo":
@@ -133,6 +136,14 @@ type listenHook func(api, metrics net.Addr)
 // not nil, learns the bound addresses once both listeners are up.
 func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHook) error {
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+
+	// Started first and stopped last, so the spans of the final requests
+	// are flushed.
+	stopTracing, err := cfg.tracing.start(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing(cfg.ShutdownTimeout)
 
 	sc, err := cfg.sessionConfig()
 	if err != nil {
@@ -204,6 +215,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		MinTokenTTL:  cfg.MinTokenTTL,
 		RefreshAhead: cfg.RefreshAhead,
 		FetchTimeout: cfg.UpstreamTimeout + 5*time.Second,
+		Tracer:       cfg.tracing.tracer(),
 	})
 	if err != nil {
 		return err
@@ -261,7 +273,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		apiLn.Close()
 		return fmt.Errorf("QTB_METRICS_LISTEN: %w", err)
 	}
-	apiSrv := newServer(api, log)
+	apiSrv := newServer(cfg.tracing.handler(api), log)
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("GET /metrics", metrics.Handler(reg))
 	metricsSrv := newServer(metricsMux, log)

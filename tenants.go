@@ -102,7 +102,7 @@ func (e tenantEntry) tenant(c config) (broker.Tenant, error) {
 			errs = append(errs, fmt.Errorf("proxyPaths: %q must be a path prefix like /api/v1/", p))
 		}
 	}
-	client, err := qlik.New(e.URL, qlik.Options{HTTPClient: qlik.NewHTTPClient(c.UpstreamTimeout)})
+	client, err := qlik.New(e.URL, qlik.Options{HTTPClient: c.upstreamHTTPClient()})
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -147,7 +147,7 @@ func (e tenantEntry) tenant(c config) (broker.Tenant, error) {
 // singleTenant is the registry of one built from the QTB_TENANT_URL,
 // QTB_CLIENT_* variables.
 func (c config) singleTenant() (broker.Tenant, error) {
-	client, err := qlik.New(c.TenantURL, qlik.Options{HTTPClient: qlik.NewHTTPClient(c.UpstreamTimeout)})
+	client, err := qlik.New(c.TenantURL, qlik.Options{HTTPClient: c.upstreamHTTPClient()})
 	if err != nil {
 		return broker.Tenant{}, fmt.Errorf("QTB_TENANT_URL: %w", err)
 	}

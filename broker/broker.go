@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
@@ -149,6 +150,9 @@ type Config struct {
 	LeasePoll time.Duration
 	// Upstream protects the tenant: cooldowns, retries, breaker, limits.
 	Upstream UpstreamConfig
+	// Tracer starts the spans of cache lookups, fills and upstream calls;
+	// nil means no tracing, which costs nothing on a cached token.
+	Tracer trace.Tracer
 }
 
 // Broker hands out cached user-impersonation tokens.
@@ -169,6 +173,8 @@ type Broker struct {
 	fetchTimeout time.Duration
 	leaseTTL     time.Duration
 	leasePoll    time.Duration
+	tracer       trace.Tracer
+	traced       bool // tracer is not the no-op one
 
 	flight singleflight.Group
 
@@ -238,6 +244,7 @@ func New(cfg Config) (*Broker, error) {
 	if b.l1 == nil {
 		b.l1 = noL1{}
 	}
+	b.tracer, b.traced = newTracer(cfg.Tracer)
 	if err := b.SetTenants(cfg.Tenants); err != nil {
 		return nil, err
 	}
@@ -310,14 +317,17 @@ func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, er
 	}
 	k := b.keysFor(up, user)
 	if tok, ok := b.fromL1(ctx, k.token); ok {
+		b.annotate(ctx, up.tenant.ID, metrics.TierL1)
 		b.maybeRefresh(up, k, user, tok)
 		return tok, nil
 	}
 	if tok, ok := b.fromShared(ctx, k.token, true); ok {
+		b.annotate(ctx, up.tenant.ID, metrics.TierRedis)
 		b.putL1(ctx, k.token, tok)
 		b.maybeRefresh(up, k, user, tok)
 		return tok, nil
 	}
+	b.annotate(ctx, up.tenant.ID, tierNone)
 	ch := b.flight.DoChan(k.token, func() (any, error) {
 		// Detached from the first caller: its going away must not fail
 		// the others sharing this call. Values (trace ids) are kept.
@@ -343,6 +353,8 @@ func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, er
 // lease, or from the tenant under the lease. Without Shared, or while Redis
 // fails, the process-level singleflight around it is the only coalescing.
 func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (tok qlik.Token, err error) {
+	ctx, span := b.tracer.Start(ctx, spanFill, trace.WithAttributes(attrTenant.String(up.tenant.ID)))
+	defer func() { endSpan(span, spanOutcome(err), err) }() // after the recover below
 	defer func() {
 		// DoChan re-panics in a fresh goroutine, which would kill the
 		// process: turn a panic into an error for every waiter instead.
@@ -360,6 +372,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 		if waited {
 			if tok, ok := b.fromShared(ctx, k.token, false); ok {
 				b.m.Leases.WithLabelValues(metrics.LeaseWaited).Inc()
+				span.SetAttributes(attrLease.String(metrics.LeaseWaited))
 				b.putL1(ctx, k.token, tok)
 				return tok, nil
 			}
@@ -368,6 +381,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 		if err != nil {
 			b.redisError(ctx, "lock", err)
 			b.m.Leases.WithLabelValues(metrics.LeaseError).Inc()
+			span.SetAttributes(attrLease.String(metrics.LeaseError))
 			return b.mint(ctx, up, k, user)
 		}
 		if ok {
@@ -376,6 +390,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 				result = metrics.LeaseTakenOver
 			}
 			b.m.Leases.WithLabelValues(result).Inc()
+			span.SetAttributes(attrLease.String(result))
 			return b.mintUnderLease(ctx, up, lease, k, user)
 		}
 		waited = true
@@ -479,7 +494,9 @@ func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, tok ql
 		defer b.bg.Done()
 		ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
 		defer cancel()
+		ctx, span := b.tracer.Start(ctx, spanRefresh, trace.WithAttributes(attrTenant.String(up.tenant.ID)))
 		result, err := b.refresh(ctx, up, k, user, tok)
+		endSpan(span, result, err)
 		b.m.Refreshes.WithLabelValues(result).Inc()
 
 		b.refreshMu.Lock()
@@ -615,7 +632,12 @@ func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string)
 }
 
 // fromL1 returns a servable token from the in-process cache.
-func (b *Broker) fromL1(ctx context.Context, key string) (qlik.Token, bool) {
+func (b *Broker) fromL1(ctx context.Context, key string) (tok qlik.Token, ok bool) {
+	if b.traced { // a no-op span would cost an allocation on every hit
+		var span trace.Span
+		ctx, span = b.tracer.Start(ctx, spanL1)
+		defer func() { endLookup(span, lookupResult(ok)) }()
+	}
 	raw, err := b.l1.Get(ctx, key)
 	if err == nil {
 		if tok, derr := decodeToken(raw); derr == nil && b.servable(tok) {
@@ -635,8 +657,10 @@ func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (qlik.
 	if b.shared == nil {
 		return qlik.Token{}, false
 	}
+	ctx, span := b.tracer.Start(ctx, spanRedis, trace.WithSpanKind(trace.SpanKindClient))
 	result := metrics.ResultMiss
 	defer func() {
+		endLookup(span, result)
 		if lookup {
 			b.m.CacheLookups.WithLabelValues(metrics.TierRedis, result).Inc()
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
@@ -172,7 +173,9 @@ func (u *upstream) credentials() qlik.Credentials {
 }
 
 // impersonate asks the tenant for a token for user, within ctx's deadline.
-func (u *upstream) impersonate(ctx context.Context, user qlik.UserLookup) (*qlik.Token, error) {
+func (u *upstream) impersonate(ctx context.Context, user qlik.UserLookup) (_ *qlik.Token, err error) {
+	ctx, span := u.b.tracer.Start(ctx, spanUpstream, trace.WithAttributes(attrTenant.String(u.tenant.ID)))
+	defer func() { endSpan(span, spanOutcome(err), err) }()
 	if err := u.checkCooldown(ctx); err != nil {
 		return nil, err
 	}
