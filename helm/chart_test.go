@@ -1054,7 +1054,7 @@ func TestAllOptions(t *testing.T) {
 		"QTB_PROXY_TIMEOUT":             "10m",
 		"QTB_PROXY_MAX_BODY":            "67108864",
 		"QTB_PROXY_WEBSOCKET":           "true",
-		"OTEL_EXPORTER_OTLP_ENDPOINT":   "http://otel-collector.monitoring.svc:4317",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":   "http://otel-collector.monitoring.svc:4318",
 		"OTEL_SERVICE_NAME":             "acme-token-broker",
 		"OTEL_EXPORTER_OTLP_CLIENT_KEY": "/etc/qlik-token-broker/otlp-client/tls.key",
 	} {
@@ -1098,7 +1098,7 @@ func TestAllOptions(t *testing.T) {
 	}
 	// The sentinels' port, and 6379 for the master they report.
 	// And the OTLP collector's port.
-	for _, want := range []string{"UDP/53", "TCP/53", "TCP/26380", "TCP/6379", "TCP/443", "TCP/4317"} {
+	for _, want := range []string{"UDP/53", "TCP/53", "TCP/26380", "TCP/6379", "TCP/443", "TCP/4318"} {
 		if !egress[want] {
 			t.Errorf("egress %v lacks %s", egress, want)
 		}
