@@ -73,6 +73,7 @@ type config struct {
 	SessionAudience       string
 	SessionLeeway         time.Duration
 	SessionCookie         string
+	SessionCacheTTL       time.Duration
 	UserClaim             string
 	UserLookup            string
 
@@ -125,6 +126,7 @@ func defaultConfig() config {
 		UpstreamBreakerOpen:     30 * time.Second,
 		UserBurst:               10,
 		SessionLeeway:           30 * time.Second,
+		SessionCacheTTL:         30 * time.Second,
 		UserClaim:               "sub",
 		UserLookup:              qlik.FieldUserID,
 		RedisMode:               cache.ModeStandalone,
@@ -188,6 +190,7 @@ func (c *config) settings() []setting {
 		{"QTB_SESSION_ISSUER", "required session iss claim", (*stringValue)(&c.SessionIssuer)},
 		{"QTB_SESSION_AUDIENCE", "required session aud claim", (*stringValue)(&c.SessionAudience)},
 		{"QTB_SESSION_LEEWAY", "clock skew allowed on exp, nbf and iat", (*durationValue)(&c.SessionLeeway)},
+		{"QTB_SESSION_CACHE_TTL", "remember session tokens that verified (by hash) this long, never past exp; 0 checks every request in full", (*durationValue)(&c.SessionCacheTTL)},
 		{"QTB_SESSION_COOKIE", "cookie to read the session JWT from when no Authorization header is sent", (*stringValue)(&c.SessionCookie)},
 		{"QTB_USER_CLAIM", "session claim holding the Qlik user", (*stringValue)(&c.UserClaim)},
 		{"QTB_USER_LOOKUP", "how Qlik finds the user: userId, subject or email (resolved through the users API)", (*stringValue)(&c.UserLookup)},
@@ -375,6 +378,9 @@ func (c config) validate() error {
 	if sources != 1 {
 		add("QTB_SESSION_HMAC_SECRET", "exactly one of QTB_SESSION_HMAC_SECRET(_FILE), QTB_SESSION_PUBLIC_KEY_FILE, QTB_SESSION_JWKS_URL is required, %d given", sources)
 	}
+	if c.SessionCacheTTL < 0 || c.SessionCacheTTL > 10*time.Minute {
+		add("QTB_SESSION_CACHE_TTL", "must be between 0 and 10m, got %s", c.SessionCacheTTL)
+	}
 	if c.SessionLeeway < 0 || c.SessionLeeway > 5*time.Minute {
 		add("QTB_SESSION_LEEWAY", "must be between 0 and 5m, got %s", c.SessionLeeway)
 	}
@@ -542,14 +548,15 @@ func (c config) redisOptions() cache.RedisOptions {
 // sessionConfig turns the settings into the session package's config.
 func (c config) sessionConfig() (session.Config, error) {
 	sc := session.Config{
-		JWKSURL:     c.SessionJWKSURL,
-		Algorithms:  c.SessionAlgorithms,
-		Issuer:      c.SessionIssuer,
-		Audience:    c.SessionAudience,
-		Leeway:      c.SessionLeeway,
-		UserClaim:   c.UserClaim,
-		UserLookup:  c.UserLookup,
-		TenantClaim: c.TenantClaim,
+		JWKSURL:          c.SessionJWKSURL,
+		Algorithms:       c.SessionAlgorithms,
+		Issuer:           c.SessionIssuer,
+		Audience:         c.SessionAudience,
+		Leeway:           c.SessionLeeway,
+		UserClaim:        c.UserClaim,
+		UserLookup:       c.UserLookup,
+		TenantClaim:      c.TenantClaim,
+		VerifiedCacheTTL: c.SessionCacheTTL,
 	}
 	if c.SessionHMACSecret != "" {
 		sc.HMACSecret = []byte(c.SessionHMACSecret)

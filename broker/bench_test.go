@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,17 +111,26 @@ func BenchmarkToken(b *testing.B) {
 // (session verification, routing, metrics, JSON) on a cached token.
 func BenchmarkTokenHandler(b *testing.B) {
 	for _, bc := range []struct {
-		name   string
-		shared bool
-		l1     bool
-	}{{"L1", false, true}, {"RedisOnly", true, false}} {
+		name         string
+		shared       bool
+		l1           bool
+		sessionCache time.Duration
+	}{{"L1", false, true, 0}, {"L1+SessionCache", false, true, 30 * time.Second}, {"RedisOnly", true, false, 0}} {
 		b.Run(bc.name, func(b *testing.B) {
 			var shared broker.Shared
 			if bc.shared {
 				shared = benchRedis(b)
 			}
 			bb := newBenchBroker(b, shared, bc.l1, nil)
-			api := broker.NewAPI(broker.APIConfig{Broker: bb.broker, Verifier: bb.verifier, Metrics: bb.metrics})
+			verifier := bb.verifier
+			if bc.sessionCache > 0 {
+				v, err := session.NewVerifier(context.Background(), session.Config{HMACSecret: hmacKey, VerifiedCacheTTL: bc.sessionCache})
+				if err != nil {
+					b.Fatal(err)
+				}
+				verifier = v
+			}
+			api := broker.NewAPI(broker.APIConfig{Broker: bb.broker, Verifier: verifier, Metrics: bb.metrics})
 			req := httptest.NewRequest("GET", "/v1/token", nil)
 			req.Header.Set("Authorization", "Bearer "+bb.session)
 			b.ReportAllocs()

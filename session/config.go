@@ -113,6 +113,13 @@ type Config struct {
 	JWKSUnknownKIDMinWait time.Duration
 	// Logger receives JWKS refresh failures; tokens are never logged.
 	Logger *slog.Logger
+	// VerifiedCacheTTL, when positive, remembers tokens that verified (by
+	// their SHA-256) for up to this long, never past their exp plus Leeway,
+	// so repeated requests skip signature checks. Zero turns it off. A key
+	// removed from a JWKS still accepts tokens already seen until then.
+	VerifiedCacheTTL time.Duration
+	// VerifiedCacheSize bounds the remembered tokens; default 10,000.
+	VerifiedCacheSize int
 }
 
 // Validate reports every problem in c at once (joined with errors.Join),

@@ -17,6 +17,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -40,14 +41,15 @@ type Identity struct {
 
 // Verifier verifies session tokens. It is safe for concurrent use.
 type Verifier struct {
-	cfg     Config
-	algs    map[string]bool
-	key     any // static key (HMAC secret or public key); nil for JWKS
-	parser  *jwt.Parser
-	jwks    *jwksSource // nil unless JWKS
-	ctx     context.Context
-	cancel  context.CancelFunc
-	closeMu sync.Once
+	cfg      Config
+	algs     map[string]bool
+	key      any // static key (HMAC secret or public key); nil for JWKS
+	parser   *jwt.Parser
+	jwks     *jwksSource // nil unless JWKS
+	ctx      context.Context
+	cancel   context.CancelFunc
+	closeMu  sync.Once
+	verified *verified // nil: every token is checked in full
 }
 
 // NewVerifier validates cfg and builds a Verifier.
@@ -65,7 +67,8 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	cfg.Algorithms = algs
 	cfg.HMACSecret = bytes.Clone(cfg.HMACSecret)
 
-	v := &Verifier{cfg: cfg, algs: make(map[string]bool, len(algs)), key: src.key}
+	v := &Verifier{cfg: cfg, algs: make(map[string]bool, len(algs)), key: src.key,
+		verified: newVerified(cfg.VerifiedCacheTTL, cfg.VerifiedCacheSize)}
 	if src.kind == kindHMAC {
 		v.key = cfg.HMACSecret
 	}
@@ -152,6 +155,22 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Identity, error
 	if strings.Count(rawToken, ".") != 2 {
 		return Identity{}, reject(ReasonMalformed, errSegments)
 	}
+	var sum [sha256.Size]byte
+	if v.verified != nil {
+		sum = sha256.Sum256([]byte(rawToken))
+		if id, ok := v.verified.get(sum, v.cfg.Now()); ok {
+			return id, nil
+		}
+	}
+	id, err := v.verify(ctx, rawToken)
+	if err == nil && v.verified != nil {
+		v.verified.put(sum, id, v.cfg.Now(), v.cfg.Leeway)
+	}
+	return id, err
+}
+
+// verify checks a token in full.
+func (v *Verifier) verify(ctx context.Context, rawToken string) (Identity, error) {
 	// Inspect the header ourselves so that alg and crit failures get their
 	// own reason (jwt reports a disallowed alg as a bad signature); the key
 	// function repeats both checks on the header jwt parsed.
