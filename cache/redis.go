@@ -284,18 +284,10 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 		if u.set {
 			o.Username, o.Password = u.user, u.password
 		}
-		o.Username = cmp.Or(opts.Username, o.Username)
-		o.Password = cmp.Or(opts.Password, o.Password)
-		if err := configureTLS(&o.TLSConfig, opts); err != nil {
+		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
+			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		o.DialTimeout = cmp.Or(opts.DialTimeout, o.DialTimeout, DefaultRedisTimeout)
-		o.ReadTimeout = cmp.Or(opts.ReadTimeout, o.ReadTimeout, DefaultRedisTimeout)
-		o.WriteTimeout = cmp.Or(opts.WriteTimeout, o.WriteTimeout, DefaultRedisTimeout)
-		o.PoolSize = cmp.Or(opts.PoolSize, o.PoolSize)
-		o.MaxRetries = cmp.Or(opts.MaxRetries, o.MaxRetries, DefaultRedisMaxRetries)
-		o.DialerRetries = 1
-		o.ContextTimeoutEnabled = true
 		return redis.NewClient(o), nil
 
 	case ModeCluster:
@@ -314,18 +306,10 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 		if len(o.Addrs) == 0 {
 			return nil, errors.New("cache: redis cluster mode needs Addrs or a URL")
 		}
-		o.Username = cmp.Or(opts.Username, o.Username)
-		o.Password = cmp.Or(opts.Password, o.Password)
-		if err := configureTLS(&o.TLSConfig, opts); err != nil {
+		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
+			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		o.DialTimeout = cmp.Or(opts.DialTimeout, o.DialTimeout, DefaultRedisTimeout)
-		o.ReadTimeout = cmp.Or(opts.ReadTimeout, o.ReadTimeout, DefaultRedisTimeout)
-		o.WriteTimeout = cmp.Or(opts.WriteTimeout, o.WriteTimeout, DefaultRedisTimeout)
-		o.PoolSize = cmp.Or(opts.PoolSize, o.PoolSize)
-		o.MaxRetries = cmp.Or(opts.MaxRetries, o.MaxRetries, DefaultRedisMaxRetries)
-		o.DialerRetries = 1
-		o.ContextTimeoutEnabled = true
 		return redis.NewClusterClient(o), nil
 
 	case ModeSentinel:
@@ -345,22 +329,42 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 		if len(o.SentinelAddrs) == 0 || o.MasterName == "" {
 			return nil, errors.New("cache: redis sentinel mode needs sentinel Addrs or a URL, and a MasterName")
 		}
-		o.Username = cmp.Or(opts.Username, o.Username)
-		o.Password = cmp.Or(opts.Password, o.Password)
 		o.SentinelPassword = cmp.Or(opts.SentinelPassword, o.SentinelPassword)
-		if err := configureTLS(&o.TLSConfig, opts); err != nil {
+		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
+			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		o.DialTimeout = cmp.Or(opts.DialTimeout, o.DialTimeout, DefaultRedisTimeout)
-		o.ReadTimeout = cmp.Or(opts.ReadTimeout, o.ReadTimeout, DefaultRedisTimeout)
-		o.WriteTimeout = cmp.Or(opts.WriteTimeout, o.WriteTimeout, DefaultRedisTimeout)
-		o.PoolSize = cmp.Or(opts.PoolSize, o.PoolSize)
-		o.MaxRetries = cmp.Or(opts.MaxRetries, o.MaxRetries, DefaultRedisMaxRetries)
-		o.DialerRetries = 1
-		o.ContextTimeoutEnabled = true
 		return redis.NewFailoverClient(o), nil
 	}
 	return nil, fmt.Errorf("cache: redis Mode %q: want %s, %s or %s", opts.Mode, ModeStandalone, ModeCluster, ModeSentinel)
+}
+
+// shared points at the settings the three go-redis option types have in
+// common, so tune sets them once for every topology.
+type shared struct {
+	username, password                 *string
+	tls                                **tls.Config
+	dialTimeout, readTimeout, wTimeout *time.Duration
+	poolSize, maxRetries, dialRetries  *int
+	contextTimeout                     *bool
+}
+
+// tune applies opts over what the URL gave, then the defaults: short
+// timeouts, one retry, one dial per attempt, and context deadlines honoured.
+func tune(opts RedisOptions, o shared) error {
+	*o.username = cmp.Or(opts.Username, *o.username)
+	*o.password = cmp.Or(opts.Password, *o.password)
+	if err := configureTLS(o.tls, opts); err != nil {
+		return err
+	}
+	*o.dialTimeout = cmp.Or(opts.DialTimeout, *o.dialTimeout, DefaultRedisTimeout)
+	*o.readTimeout = cmp.Or(opts.ReadTimeout, *o.readTimeout, DefaultRedisTimeout)
+	*o.wTimeout = cmp.Or(opts.WriteTimeout, *o.wTimeout, DefaultRedisTimeout)
+	*o.poolSize = cmp.Or(opts.PoolSize, *o.poolSize)
+	*o.maxRetries = cmp.Or(opts.MaxRetries, *o.maxRetries, DefaultRedisMaxRetries)
+	*o.dialRetries = 1
+	*o.contextTimeout = true
+	return nil
 }
 
 // configureTLS applies the TLS options to the TLS configuration a rediss://
