@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -455,4 +458,99 @@ func TestProxyStreamsLargeResponses(t *testing.T) {
 	if after-before > 16<<10 {
 		t.Fatalf("RSS grew by %d KiB streaming 50 MB: the proxy buffers", after-before)
 	}
+}
+
+// TestThreeProcessesColdUsers: three broker processes sharing one real
+// Redis, 50 cold users, 300 concurrent requests per user spread over the
+// three. The tenant sees exactly one token call per user, and every
+// response carries its own user's token.
+func TestThreeProcessesColdUsers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and sends 15,000 requests")
+	}
+	bin := buildBinary(t)
+	rs := redistest.Start(t)
+	tn, err := qliktest.New(qliktest.WithLatency(50 * time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	oc := tn.AddClient(qliktest.OAuthClient{ID: "client-3p", Secret: "three-process-secret"})
+	hmacKey := "an-hmac-key-of-at-least-32-bytes-long!"
+	env := map[string]string{
+		"QTB_TENANT_URL": tn.URL(), "QTB_CLIENT_ID": oc.ID, "QTB_CLIENT_SECRET": oc.Secret,
+		"QTB_SESSION_HMAC_SECRET": hmacKey, "QTB_REDIS_URL": rs.URL(),
+		"QTB_CACHE_KEY": "k1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
+	}
+	procs := []*brokerProcess{startBroker(t, bin, env), startBroker(t, bin, env), startBroker(t, bin, env)}
+
+	const users, perUser = 50, 300
+	ids := make([]string, users)
+	sessions := make([]string, users)
+	for i := range users {
+		ids[i] = tn.AddUser(qliktest.User{Name: fmt.Sprintf("user%02d", i), Status: "active"}).ID
+		sessions[i], _ = jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": ids[i], "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(hmacKey))
+	}
+	type job struct{ user, proc int }
+	var jobs []job
+	for u := range users {
+		for i := range perUser {
+			jobs = append(jobs, job{u, i % 3})
+		}
+	}
+	rand.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}}
+	defer client.CloseIdleConnections()
+
+	var (
+		mu       sync.Mutex
+		owner    = map[string]int{}
+		failures []string
+		wg       sync.WaitGroup
+	)
+	work := make(chan job)
+	for range 150 {
+		wg.Go(func() {
+			for j := range work {
+				req, _ := http.NewRequest("GET", "http://"+procs[j.proc].api+"/v1/token", nil)
+				req.Header.Set("Authorization", "Bearer "+sessions[j.user])
+				req.Header.Set("Accept", "text/plain")
+				resp, err := client.Do(req)
+				var tok string
+				code := 0
+				if err == nil {
+					raw, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					tok, code = string(raw), resp.StatusCode
+				}
+				mu.Lock()
+				switch prev, seen := owner[tok]; {
+				case code != 200:
+					failures = append(failures, fmt.Sprintf("user %d on process %d: %d %v", j.user, j.proc, code, err))
+				case seen && prev != j.user:
+					failures = append(failures, fmt.Sprintf("user %d got user %d's token", j.user, prev))
+				default:
+					owner[tok] = j.user
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d requests failed; first: %s", len(failures), len(jobs), failures[0])
+	}
+	if n := tn.Calls(qliktest.EndpointToken); n != users {
+		t.Fatalf("token calls = %d for %d users over 3 processes", n, users)
+	}
+	for tok, u := range owner {
+		if got, err := tn.TokenUser(tok); err != nil || got.ID != ids[u] {
+			t.Fatalf("a token served to user %d acts for %v (%v)", u, got.ID, err)
+		}
+	}
+	t.Logf("%d requests over 3 processes: %d token calls, %d distinct tokens", len(jobs), tn.Calls(qliktest.EndpointToken), len(owner))
 }
