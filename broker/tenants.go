@@ -187,7 +187,7 @@ func (b *Broker) originAllowed(id session.Identity, origin string) bool {
 	return err == nil && slices.Contains(up.tenant.AllowedOrigins, origin)
 }
 
-// allOrigins is every origin any tenant allows, for preflight requests,
+// anyTenantAllows reports whether some tenant allows origin, for preflight requests,
 // which carry no session.
 func (b *Broker) anyTenantAllows(origin string) bool {
 	for _, up := range b.tenants.Load().byID {
