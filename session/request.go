@@ -1,7 +1,6 @@
 package session
 
 import (
-	"context"
 	"net/http"
 	"strings"
 )
@@ -65,18 +64,4 @@ func TokenFromRequest(r *http.Request, cookieName string, maxBytes int) (string,
 		return "", reject(ReasonMalformed, errAuthScheme)
 	}
 	return "", reject(ReasonMissing, errNoToken)
-}
-
-type identityContextKey struct{}
-
-// ContextWithIdentity returns a copy of ctx carrying id; the middleware
-// stores the verified identity this way on the request context.
-func ContextWithIdentity(ctx context.Context, id Identity) context.Context {
-	return context.WithValue(ctx, identityContextKey{}, id)
-}
-
-// IdentityFromContext returns the identity stored by ContextWithIdentity.
-func IdentityFromContext(ctx context.Context) (Identity, bool) {
-	id, ok := ctx.Value(identityContextKey{}).(Identity)
-	return id, ok
 }
