@@ -84,14 +84,18 @@ type config struct {
 	RedisCAFile       string
 	RedisPassword     secret
 	RedisPasswordFile string
-	CacheKey          secret
-	CacheKeyFile      string
-	TokenSkew         time.Duration
-	MinTokenTTL       time.Duration
-	RefreshAhead      time.Duration
-	L1TTL             time.Duration
-	L1Enabled         bool
-	L1MaxEntries      int
+	// The sentinels' own credentials, when they differ from the master's.
+	RedisSentinelUsername     string
+	RedisSentinelPassword     secret
+	RedisSentinelPasswordFile string
+	CacheKey                  secret
+	CacheKeyFile              string
+	TokenSkew                 time.Duration
+	MinTokenTTL               time.Duration
+	RefreshAhead              time.Duration
+	L1TTL                     time.Duration
+	L1Enabled                 bool
+	L1MaxEntries              int
 
 	CORSOrigins []string
 
@@ -199,8 +203,11 @@ func (c *config) settings() []setting {
 		{"QTB_REDIS_ADDRS", "cluster seed nodes or sentinels (host:port), comma separated, added to the URL's host", (*listValue)(&c.RedisAddrs)},
 		{"QTB_REDIS_MASTER_NAME", "Sentinel master name", (*stringValue)(&c.RedisMasterName)},
 		{"QTB_REDIS_CA_FILE", "PEM CA bundle to trust for rediss:// instead of the system roots", (*stringValue)(&c.RedisCAFile)},
-		{"QTB_REDIS_PASSWORD", "Redis password, overriding the URL's (prefer the _FILE form)", (*secretValue)(&c.RedisPassword)},
+		{"QTB_REDIS_PASSWORD", "Redis password (in sentinel mode the master's), overriding the URL's (prefer the _FILE form)", (*secretValue)(&c.RedisPassword)},
 		{"QTB_REDIS_PASSWORD_FILE", "file holding the Redis password", (*stringValue)(&c.RedisPasswordFile)},
+		{"QTB_REDIS_SENTINEL_USERNAME", "ACL user to authenticate to the sentinels as, overriding the URL's user (sentinel mode; needs a sentinel password)", (*stringValue)(&c.RedisSentinelUsername)},
+		{"QTB_REDIS_SENTINEL_PASSWORD", "the sentinels' own password, overriding the URL's (sentinel mode; prefer the _FILE form)", (*secretValue)(&c.RedisSentinelPassword)},
+		{"QTB_REDIS_SENTINEL_PASSWORD_FILE", "file holding the sentinels' password", (*stringValue)(&c.RedisSentinelPasswordFile)},
 		{"QTB_CACHE_KEY", "keys sealing tokens in Redis: id:base64key[,id:base64key...], the last seals (prefer the _FILE form)", (*secretValue)(&c.CacheKey)},
 		{"QTB_CACHE_KEY_FILE", "file holding the cache sealing keys, one id:base64key per line, newest last", (*stringValue)(&c.CacheKeyFile)},
 		{"QTB_TOKEN_SKEW", "clock skew allowance: every token is treated as expiring this much earlier", (*durationValue)(&c.TokenSkew)},
@@ -241,6 +248,7 @@ func (c *config) fileSecrets() []struct {
 		{"QTB_CLIENT_SECRET_FILE", "QTB_CLIENT_SECRET", &c.ClientSecretFile, &c.ClientSecret},
 		{"QTB_SESSION_HMAC_SECRET_FILE", "QTB_SESSION_HMAC_SECRET", &c.SessionHMACSecretFile, &c.SessionHMACSecret},
 		{"QTB_REDIS_PASSWORD_FILE", "QTB_REDIS_PASSWORD", &c.RedisPasswordFile, &c.RedisPassword},
+		{"QTB_REDIS_SENTINEL_PASSWORD_FILE", "QTB_REDIS_SENTINEL_PASSWORD", &c.RedisSentinelPasswordFile, &c.RedisSentinelPassword},
 		{"QTB_ADMIN_CLIENT_SECRET_FILE", "QTB_ADMIN_CLIENT_SECRET", &c.AdminClientSecretFile, &c.AdminClientSecret},
 		{"QTB_SERVICE_HMAC_SECRET_FILE", "QTB_SERVICE_HMAC_SECRET", &c.ServiceHMACSecretFile, &c.ServiceHMACSecret},
 		{"QTB_CACHE_KEY_FILE", "QTB_CACHE_KEY", &c.CacheKeyFile, &c.CacheKey},
@@ -397,6 +405,29 @@ func (c config) validate() error {
 			r.Close()
 		}
 	}
+	// The sentinels' credentials mean nothing without sentinels, and a user
+	// name alone is never sent: AUTH takes it only with a password.
+	sentinelPasswordEnv := "QTB_REDIS_SENTINEL_PASSWORD"
+	if c.RedisSentinelPasswordFile != "" {
+		sentinelPasswordEnv = "QTB_REDIS_SENTINEL_PASSWORD_FILE"
+	}
+	for _, s := range []struct {
+		env string
+		set bool
+	}{
+		{"QTB_REDIS_SENTINEL_USERNAME", c.RedisSentinelUsername != ""},
+		{sentinelPasswordEnv, c.RedisSentinelPassword != ""},
+	} {
+		switch {
+		case !s.set:
+		case c.RedisMode != cache.ModeSentinel:
+			add(s.env, "authenticates to Redis Sentinels: set only with QTB_REDIS_MODE=%s, got %q", cache.ModeSentinel, c.RedisMode)
+		case !c.redisEnabled():
+			add(s.env, "needs the sentinels, in QTB_REDIS_URL or QTB_REDIS_ADDRS")
+		case c.RedisSentinelPassword == "":
+			add(s.env, "needs QTB_REDIS_SENTINEL_PASSWORD(_FILE): Redis sends a user name only with its password")
+		}
+	}
 	if c.CacheKey != "" {
 		if _, err := cache.ParseKeyring(string(c.CacheKey)); err != nil {
 			add("QTB_CACHE_KEY", "%v", err) // names ids, never key bytes
@@ -542,6 +573,9 @@ func (c config) redisOptions() cache.RedisOptions {
 		MasterName: c.RedisMasterName,
 		Password:   string(c.RedisPassword),
 		TLSCAFile:  c.RedisCAFile,
+
+		SentinelUsername: c.RedisSentinelUsername,
+		SentinelPassword: string(c.RedisSentinelPassword),
 	}
 }
 

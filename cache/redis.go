@@ -79,7 +79,13 @@ type RedisOptions struct {
 	// Password overrides the data nodes' password when set (e.g. from a
 	// secret file).
 	Password string
-	// SentinelPassword overrides the sentinels' password when set.
+	// SentinelUsername overrides the ACL user name the client gives the
+	// sentinels (the URL's user) when set. Redis sends a user name only
+	// with a password: SentinelPassword or the URL's. Sentinel mode only.
+	SentinelUsername string
+	// SentinelPassword overrides the sentinels' own password (the URL's),
+	// when set: their requirepass, or SentinelUsername's password. The
+	// master's is Password. Sentinel mode only.
 	SentinelPassword string
 	// TLSCAFile is a PEM file of CA certificates to trust, instead of the
 	// system roots, for a rediss:// URL. It is read once, by NewRedis.
@@ -329,6 +335,7 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 		if len(o.SentinelAddrs) == 0 || o.MasterName == "" {
 			return nil, errors.New("cache: redis sentinel mode needs sentinel Addrs or a URL, and a MasterName")
 		}
+		o.SentinelUsername = cmp.Or(opts.SentinelUsername, o.SentinelUsername)
 		o.SentinelPassword = cmp.Or(opts.SentinelPassword, o.SentinelPassword)
 		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {

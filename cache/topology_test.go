@@ -108,6 +108,69 @@ func TestRedisSentinel(t *testing.T) {
 	})
 }
 
+// TestRedisSentinelAuth: sentinels that demand a password of their own,
+// different from the master's, and one that admits only an ACL user. The
+// client reaches the master with both credentials, and fails naming the
+// refusal, never a password, without either.
+func TestRedisSentinelAuth(t *testing.T) {
+	const masterPW, sentinelPW = "master-s3cret", "sentinel-s3cret"
+	pw := redistest.StartSentinelAuth(t, redistest.SentinelAuth{MasterPassword: masterPW, SentinelPassword: sentinelPW})
+	acl := redistest.StartSentinelAuth(t, redistest.SentinelAuth{MasterPassword: masterPW, SentinelUser: "qtb", SentinelPassword: sentinelPW})
+	opts := func(s *redistest.Sentinel, o RedisOptions) RedisOptions {
+		o.Mode = ModeSentinel
+		if o.URL == "" {
+			o.Addrs, o.MasterName = []string{s.SentinelAddr()}, s.MasterName()
+		}
+		return o
+	}
+	urlWith := func(s *redistest.Sentinel, userinfo string) string {
+		return "redis://" + userinfo + s.SentinelAddr() + "?master_name=" + s.MasterName()
+	}
+	for _, tt := range []struct {
+		name     string
+		sentinel *redistest.Sentinel
+		opts     RedisOptions
+		wantErr  string // "" for success
+	}{
+		{"both passwords as options", pw, RedisOptions{Password: masterPW, SentinelPassword: sentinelPW}, ""},
+		{"both in the URL", pw, RedisOptions{URL: pw.URL()}, ""},
+		{"sentinel password overrides the URL's", pw, RedisOptions{URL: urlWith(pw, ":not-it@"), Password: masterPW, SentinelPassword: sentinelPW}, ""},
+		{"no sentinel password", pw, RedisOptions{Password: masterPW}, "NOAUTH"},
+		{"the master's password for the sentinels", pw, RedisOptions{Password: masterPW, SentinelPassword: masterPW}, "WRONGPASS"},
+		{"no master password", pw, RedisOptions{SentinelPassword: sentinelPW}, "NOAUTH"},
+		{"ACL user and password as options", acl, RedisOptions{Password: masterPW, SentinelUsername: "qtb", SentinelPassword: sentinelPW}, ""},
+		{"ACL user in the URL, password as an option", acl, RedisOptions{URL: urlWith(acl, "qtb@"), Password: masterPW, SentinelPassword: sentinelPW}, ""},
+		{"ACL user option overrides the URL's", acl, RedisOptions{URL: urlWith(acl, "someone@"), Password: masterPW, SentinelUsername: "qtb", SentinelPassword: sentinelPW}, ""},
+		{"ACL password without the user", acl, RedisOptions{Password: masterPW, SentinelPassword: sentinelPW}, "WRONGPASS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := opts(tt.sentinel, tt.opts)
+			// Sentinel lookups on a loaded machine outlast the 500ms defaults.
+			o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+			r := newTestRedis(t, o)
+			err := r.Ping(t.Context())
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Ping: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("Ping = %v, want an error containing %q", err, tt.wantErr)
+			case err != nil && strings.Contains(err.Error(), "s3cret"):
+				t.Fatalf("error %q contains a password", err)
+			case err != nil && strings.Contains(tt.wantErr, "NOAUTH") && tt.opts.SentinelPassword == "" &&
+				!strings.Contains(err.Error(), "sentinels"):
+				t.Fatalf("error %q does not say the sentinels refused", err)
+			case err != nil:
+				return
+			}
+			key := "qtb:tok:t:{" + strings.ReplaceAll(tt.name, " ", "-") + "}"
+			mustSet(t, r, key, []byte("v"), time.Minute)
+			if v, err := tt.sentinel.Master().Client(t).Get(t.Context(), key).Result(); err != nil || v != "v" {
+				t.Fatalf("GET on the master = %q, %v", v, err)
+			}
+		})
+	}
+}
+
 func TestRedisTLS(t *testing.T) {
 	srv := redistest.StartTLS(t, "broker", "tls-s3cret")
 	trusted := func(t *testing.T) *Redis {

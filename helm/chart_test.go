@@ -68,6 +68,7 @@ var sentinels = map[string]string{
 	"secrets.sessionHmacSecret.existingSecret": "sentinel-hmac-secret-9b2c",
 	"secrets.serviceHmacSecret.existingSecret": "sentinel-service-hmac-6f3d",
 	"redis.existingSecret":                     "sentinel-redis-password-4d7a",
+	"redis.sentinelPassword.existingSecret":    "sentinel-redis-sentinel-password-7b19",
 	"secrets.cacheKey.existingSecret":          "sentinel-cache-key-0c5e",
 }
 
@@ -752,6 +753,15 @@ func TestRefusedValues(t *testing.T) {
 		"redis addrs, standalone": {[]string{"--set", "redis.addrs[0]=redis-1:6379"}, "standalone takes redis.url only"},
 		"redis mode, no redis":    {[]string{"--set", "redis.mode=cluster"}, "redis.mode cluster needs redis.url or redis.addrs"},
 		"sentinel without master": {[]string{"--set", "redis.mode=sentinel", "--set", "redis.addrs[0]=sentinel:26379"}, "redis.masterName"},
+		"inline sentinel password": {[]string{"--set", "redis.mode=sentinel", "--set", "redis.addrs[0]=sentinel:26379", "--set", "redis.masterName=m",
+			"--set", "redis.sentinelPassword.value=s3cret"}, "additional properties 'value' not allowed"},
+		"sentinel password, standalone": {[]string{"--set", "redis.url=redis://redis:6379", "--set", "redis.sentinelPassword.existingSecret=r"},
+			"redis.sentinelPassword.existingSecret is for redis.mode sentinel"},
+		"sentinel username, cluster": {[]string{"--set", "redis.mode=cluster", "--set", "redis.addrs[0]=redis-0:7000", "--set", "redis.sentinelUsername=qtb"},
+			"redis.sentinelUsername is for redis.mode sentinel"},
+		"sentinel password, no redis": {[]string{"--set", "redis.sentinelPassword.existingSecret=r"}, "redis.sentinelPassword.existingSecret is for redis.mode sentinel"},
+		"sentinel username, no password": {[]string{"--set", "redis.mode=sentinel", "--set", "redis.addrs[0]=sentinel:26379", "--set", "redis.masterName=m",
+			"--set", "redis.sentinelUsername=qtb"}, "redis.sentinelUsername needs redis.sentinelPassword.existingSecret"},
 		"master name, not sentinel": {[]string{"--set", "redis.url=redis://redis:6379", "--set", "redis.masterName=m"},
 			"redis.masterName is for redis.mode sentinel"},
 		"redis CA without TLS": {[]string{"--set", "redis.url=redis://redis:6379", "--set", "redis.ca.existingConfigMap=ca"}, "rediss://"},
@@ -827,7 +837,7 @@ func TestDefaults(t *testing.T) {
 		}
 	}
 	for _, unset := range []string{"QTB_REDIS_URL", "QTB_REDIS_MODE", "QTB_REDIS_ADDRS", "QTB_REDIS_MASTER_NAME", "QTB_REDIS_CA_FILE",
-		"QTB_REDIS_PASSWORD_FILE", "QTB_CORS_ORIGINS", "QTB_CACHE_KEY_FILE", "QTB_TENANTS_FILE", "QTB_SESSION_ALGORITHMS", "QTB_L1_ENABLED",
+		"QTB_REDIS_PASSWORD_FILE", "QTB_REDIS_SENTINEL_USERNAME", "QTB_REDIS_SENTINEL_PASSWORD_FILE", "QTB_CORS_ORIGINS", "QTB_CACHE_KEY_FILE", "QTB_TENANTS_FILE", "QTB_SESSION_ALGORITHMS", "QTB_L1_ENABLED",
 		"QTB_UPSTREAM_RATE", "QTB_UPSTREAM_BURST", "QTB_USER_RATE", "QTB_TENANT_CLAIM", "QTB_ADMIN_CLIENT_ID", "QTB_ADMIN_CLIENT_SECRET_FILE",
 		"QTB_CREATE_USERS", "QTB_SERVICE_HMAC_SECRET_FILE", "QTB_SERVICE_PUBLIC_KEY_FILE", "QTB_SERVICE_JWKS_URL", "QTB_SERVICE_ISSUER",
 		"QTB_SERVICE_AUDIENCE", "QTB_SERVICE_TENANTS_CLAIM", "QTB_PROXY_WEBSOCKET", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} {
@@ -922,37 +932,56 @@ func TestTopologySpread(t *testing.T) {
 func TestRedisTopologies(t *testing.T) {
 	t.Parallel()
 	for name, tc := range map[string]struct {
-		args  []string
-		env   map[string]string // "" means unset
-		ports []string          // Redis egress ports
+		args    []string
+		env     map[string]string // "" means unset
+		ports   []string          // Redis egress ports
+		secrets map[string]string // *_FILE variable -> "Secret/key" its file projects
 	}{
 		"standalone": {
 			[]string{"--set", "redis.url=redis://redis.redis.svc"},
 			map[string]string{"QTB_REDIS_URL": "redis://redis.redis.svc", "QTB_REDIS_MODE": "standalone", "QTB_REDIS_ADDRS": "", "QTB_REDIS_CA_FILE": ""},
 			[]string{"6379"},
+			nil,
 		},
 		"cluster, seed nodes only": {
 			[]string{"--set", "redis.mode=cluster", "--set", "redis.addrs={redis-0.redis:7000,redis-1.redis:7001}"},
 			map[string]string{"QTB_REDIS_URL": "", "QTB_REDIS_MODE": "cluster", "QTB_REDIS_ADDRS": "redis-0.redis:7000,redis-1.redis:7001"},
 			[]string{"7000", "7001"},
+			nil,
 		},
 		"cluster, seeds in the url": {
 			[]string{"--set", "redis.mode=cluster", "--set", "redis.url=redis://redis-0.redis:7000?addr=redis-1.redis:7001&addr=redis-2.redis:7002"},
 			map[string]string{"QTB_REDIS_MODE": "cluster", "QTB_REDIS_ADDRS": ""},
 			[]string{"7000", "7001", "7002"},
+			nil,
 		},
 		"sentinel, CA from a Secret": {
 			[]string{"--set", "redis.mode=sentinel", "--set", "redis.url=rediss://sentinel.redis:26379?master_name=tokens",
 				"--set", "redis.ca.existingSecret=redis-ca", "--set", "redis.existingSecret=redis-auth"},
 			map[string]string{"QTB_REDIS_MODE": "sentinel", "QTB_REDIS_MASTER_NAME": "",
-				"QTB_REDIS_CA_FILE": "/var/run/secrets/qlik-token-broker/redis-ca/ca.pem"},
+				"QTB_REDIS_CA_FILE":                "/var/run/secrets/qlik-token-broker/redis-ca/ca.pem",
+				"QTB_REDIS_SENTINEL_USERNAME":      "",
+				"QTB_REDIS_SENTINEL_PASSWORD_FILE": ""},
 			[]string{"26379", "6379"},
+			map[string]string{"QTB_REDIS_PASSWORD_FILE": "redis-auth/redis-password", "QTB_REDIS_CA_FILE": "redis-ca/ca.crt"},
+		},
+		"sentinel with a password of its own": {
+			[]string{"--set", "redis.mode=sentinel", "--set", "redis.addrs={sentinel-0.redis:26379,sentinel-1.redis:26379}", "--set", "redis.masterName=tokens",
+				"--set", "redis.existingSecret=redis-auth", "--set", "redis.sentinelUsername=qtb",
+				"--set", "redis.sentinelPassword.existingSecret=redis-auth", "--set", "redis.sentinelPassword.key=sentinel-password"},
+			map[string]string{"QTB_REDIS_MODE": "sentinel", "QTB_REDIS_SENTINEL_USERNAME": "qtb",
+				"QTB_REDIS_PASSWORD_FILE":          "/var/run/secrets/qlik-token-broker/redis/password",
+				"QTB_REDIS_SENTINEL_PASSWORD_FILE": "/var/run/secrets/qlik-token-broker/redis-sentinel/password"},
+			[]string{"26379", "6379"},
+			// One Secret may hold both passwords, under two keys.
+			map[string]string{"QTB_REDIS_PASSWORD_FILE": "redis-auth/redis-password", "QTB_REDIS_SENTINEL_PASSWORD_FILE": "redis-auth/sentinel-password"},
 		},
 		"ports overridden": {
 			[]string{"--set", "redis.mode=sentinel", "--set", "redis.addrs={sentinel.redis:26379}", "--set", "redis.masterName=tokens",
 				"--set", "networkPolicy.redisPorts={26379,6380}"},
 			map[string]string{"QTB_REDIS_MASTER_NAME": "tokens", "QTB_REDIS_ADDRS": "sentinel.redis:26379"},
 			[]string{"26379", "6380"},
+			nil,
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -981,8 +1010,41 @@ func TestRedisTopologies(t *testing.T) {
 			if !slices.Equal(ports, tc.ports) {
 				t.Errorf("Redis egress ports %v, want %v", ports, tc.ports)
 			}
+			for k, want := range tc.secrets {
+				if got := projectedFrom(c, spec.Volumes, vars[k]); got != want {
+					t.Errorf("%s=%s reads %q, want %s", k, vars[k], got, want)
+				}
+			}
 		})
 	}
+}
+
+// projectedFrom returns "Secret/key" (or "ConfigMap/key") of the volume
+// item that puts file where the container sees it, or "".
+func projectedFrom(c corev1.Container, volumes []corev1.Volume, file string) string {
+	for _, vm := range c.VolumeMounts {
+		if vm.MountPath != path.Dir(file) {
+			continue
+		}
+		for _, v := range volumes {
+			if v.Name != vm.Name {
+				continue
+			}
+			name, items := "", []corev1.KeyToPath(nil)
+			switch {
+			case v.Secret != nil:
+				name, items = v.Secret.SecretName, v.Secret.Items
+			case v.ConfigMap != nil:
+				name, items = v.ConfigMap.Name, v.ConfigMap.Items
+			}
+			for _, it := range items {
+				if it.Path == path.Base(file) {
+					return name + "/" + it.Key
+				}
+			}
+		}
+	}
+	return ""
 }
 
 func TestAllOptions(t *testing.T) {
@@ -1028,13 +1090,16 @@ func TestAllOptions(t *testing.T) {
 		"QTB_REDIS_ADDRS":        "redis-sentinel-1.redis.svc.cluster.local:26380,redis-sentinel-2.redis.svc.cluster.local:26380",
 		"QTB_REDIS_MASTER_NAME":  "tokens",
 		"QTB_REDIS_CA_FILE":      "/etc/qlik-token-broker/redis-ca/ca.pem",
-		"QTB_MIN_TOKEN_TTL":      "15m",
-		"QTB_REFRESH_AHEAD":      "90m",
-		"QTB_L1_TTL":             "2m",
-		"QTB_L1_ENABLED":         "false",
-		"QTB_L1_MAX_ENTRIES":     "50000",
-		"QTB_SHUTDOWN_TIMEOUT":   "20s",
-		"SSL_CERT_DIR":           "/etc/ssl/certs:/etc/qlik-token-broker/ca",
+		// The sentinels' own credentials.
+		"QTB_REDIS_SENTINEL_USERNAME":      "qtb-sentinel",
+		"QTB_REDIS_SENTINEL_PASSWORD_FILE": "/var/run/secrets/qlik-token-broker/redis-sentinel/password",
+		"QTB_MIN_TOKEN_TTL":                "15m",
+		"QTB_REFRESH_AHEAD":                "90m",
+		"QTB_L1_TTL":                       "2m",
+		"QTB_L1_ENABLED":                   "false",
+		"QTB_L1_MAX_ENTRIES":               "50000",
+		"QTB_SHUTDOWN_TIMEOUT":             "20s",
+		"SSL_CERT_DIR":                     "/etc/ssl/certs:/etc/qlik-token-broker/ca",
 		// 0 retries means none, so it is rendered; rates keep decimals.
 		"QTB_UPSTREAM_CONCURRENCY":      "12",
 		"QTB_UPSTREAM_RATE":             "7.5",

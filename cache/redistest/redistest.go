@@ -49,8 +49,10 @@ type Server struct {
 	busPort int
 	// Set by StartSentinel: run as a Sentinel monitoring this master.
 	sentinelOf *Server
-	// Set by StartTLS: serve TLS only, as this ACL user.
-	tls        *tlsFiles
+	// Set by StartTLS: serve TLS only.
+	tls *tlsFiles
+	// The credentials clients need: StartTLS's ACL user, a
+	// StartSentinelAuth master's or Sentinel's password (and user).
 	user, pass string
 
 	mu     sync.Mutex
@@ -103,18 +105,23 @@ func (s *Server) Addr() string {
 }
 
 // URL returns the server's URL for database 0: "redis://127.0.0.1:PORT/0",
-// or for a StartTLS server "rediss://USER:PASS@127.0.0.1:PORT/0".
+// for a StartTLS server "rediss://USER:PASS@127.0.0.1:PORT/0", and for a
+// StartSentinelAuth master "redis://:PASS@127.0.0.1:PORT/0".
 func (s *Server) URL() string {
-	if s.tls == nil {
-		return "redis://" + s.Addr() + "/0"
+	scheme := "redis://"
+	if s.tls != nil {
+		scheme = "rediss://"
 	}
-	return "rediss://" + url.UserPassword(s.user, s.pass).String() + "@" + s.Addr() + "/0"
+	if s.pass == "" {
+		return scheme + s.Addr() + "/0"
+	}
+	return scheme + url.UserPassword(s.user, s.pass).String() + "@" + s.Addr() + "/0"
 }
 
 // Client returns a client for database 0, closed when the test ends. It
 // dials once per attempt and retries once, so it fails fast while the server
 // is stopped and reconnects after Restart. For a StartTLS server it uses
-// TLS and the ACL user.
+// TLS and the ACL user; for a StartSentinelAuth master, its password.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
 	o := s.options()
@@ -127,10 +134,9 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 }
 
 func (s *Server) options() *redis.Options {
-	o := &redis.Options{Addr: s.Addr()}
+	o := &redis.Options{Addr: s.Addr(), Username: s.user, Password: s.pass}
 	if s.tls != nil {
 		o.TLSConfig = s.tls.clientConfig()
-		o.Username, o.Password = s.user, s.pass
 	}
 	return o
 }
@@ -210,6 +216,15 @@ func (s *Server) commandLine() ([]string, error) {
 		text := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %q\n"+
 			"sentinel monitor %s 127.0.0.1 %d 1\n",
 			s.port, s.dir, sentinelMasterName, s.sentinelOf.port)
+		if s.sentinelOf.pass != "" {
+			text += fmt.Sprintf("sentinel auth-pass %s %q\n", sentinelMasterName, s.sentinelOf.pass)
+		}
+		switch {
+		case s.user != "":
+			text += fmt.Sprintf("user default off\nuser %s on %q ~* &* +@all\n", s.user, ">"+s.pass)
+		case s.pass != "":
+			text += fmt.Sprintf("requirepass %q\n", s.pass)
+		}
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -178,6 +179,47 @@ func TestSentinel(t *testing.T) {
 	}
 	if v, err := s.Master().Client(t).Get(ctx, "k").Result(); err != nil || v != "v" {
 		t.Fatalf("GET on the master = %q, %v; want the value set via the sentinel", v, err)
+	}
+}
+
+func TestSentinelAuth(t *testing.T) {
+	for _, auth := range []SentinelAuth{
+		{MasterPassword: "master-pw", SentinelPassword: "sentinel-pw"},
+		{MasterPassword: "master-pw", SentinelUser: "qtb", SentinelPassword: "sentinel-pw"},
+	} {
+		t.Run(cmp.Or(auth.SentinelUser, "default user"), func(t *testing.T) {
+			s := StartSentinelAuth(t, auth)
+			ctx := t.Context()
+			o, err := redis.ParseFailoverURL(s.URL())
+			if err != nil {
+				t.Fatalf("ParseFailoverURL(URL()): %v", err)
+			}
+			if o.SentinelUsername != auth.SentinelUser || o.SentinelPassword != auth.SentinelPassword || o.Password != auth.MasterPassword {
+				t.Errorf("URL %q: sentinel user %q, sentinel password %q, master password %q; want those of %+v",
+					s.URL(), o.SentinelUsername, o.SentinelPassword, o.Password, auth)
+			}
+			c := redis.NewFailoverClient(o)
+			t.Cleanup(func() { _ = c.Close() })
+			if err := c.Set(ctx, "k", "v", time.Minute).Err(); err != nil {
+				t.Fatalf("SET via the sentinel with both passwords: %v", err)
+			}
+			if v, err := s.Master().Client(t).Get(ctx, "k").Result(); err != nil || v != "v" {
+				t.Fatalf("GET on the master = %q, %v", v, err)
+			}
+
+			for name, opts := range map[string]*redis.Options{
+				"sentinel without a password": {Addr: s.SentinelAddr()},
+				"sentinel with the master's":  {Addr: s.SentinelAddr(), Username: auth.SentinelUser, Password: auth.MasterPassword},
+				"master without a password":   {Addr: s.Master().Addr()},
+			} {
+				opts.MaxRetries = -1
+				c := redis.NewClient(opts)
+				defer c.Close()
+				if err := c.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") && !strings.Contains(err.Error(), "WRONGPASS") {
+					t.Errorf("%s: PING = %v, want NOAUTH or WRONGPASS", name, err)
+				}
+			}
+		})
 	}
 }
 

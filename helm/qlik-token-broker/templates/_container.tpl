@@ -43,6 +43,10 @@ never subPath, so kubelet's atomic updates reach the file.
 {{- with .Values.redis.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_REDIS_PASSWORD_FILE" "volume" "qtb-redis-password" "dir" (printf "%s/redis" $dir) "file" "password" "secret" . "key" $.Values.redis.passwordKey) }}
 {{- end }}
+{{- $sp := .Values.redis.sentinelPassword }}
+{{- with $sp.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_REDIS_SENTINEL_PASSWORD_FILE" "volume" "qtb-redis-sentinel-password" "dir" (printf "%s/redis-sentinel" $dir) "file" "password" "secret" . "key" $sp.key) }}
+{{- end }}
 {{- $ca := .Values.redis.ca }}
 {{- with $ca.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_REDIS_CA_FILE" "volume" "qtb-redis-ca" "dir" (printf "%s/redis-ca" $dir) "file" "ca.pem" "secret" . "key" $ca.key) }}
@@ -92,7 +96,7 @@ extraEnv. */}}
 
 {{/* The environment variables the chart sets itself; extraEnv may not repeat them. */}}
 {{- define "qlik-token-broker.managedEnv" -}}
-QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_CACHE_TTL QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE QTB_TENANT_CLAIM QTB_ADMIN_CLIENT_ID QTB_ADMIN_CLIENT_SECRET QTB_ADMIN_CLIENT_SECRET_FILE QTB_CREATE_USERS QTB_SERVICE_HMAC_SECRET QTB_SERVICE_HMAC_SECRET_FILE QTB_SERVICE_PUBLIC_KEY_FILE QTB_SERVICE_JWKS_URL QTB_SERVICE_ISSUER QTB_SERVICE_AUDIENCE QTB_SERVICE_TENANTS_CLAIM QTB_PROXY_TIMEOUT QTB_PROXY_MAX_BODY QTB_PROXY_WEBSOCKET OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME
+QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_CACHE_TTL QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_REDIS_SENTINEL_USERNAME QTB_REDIS_SENTINEL_PASSWORD QTB_REDIS_SENTINEL_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE QTB_TENANT_CLAIM QTB_ADMIN_CLIENT_ID QTB_ADMIN_CLIENT_SECRET QTB_ADMIN_CLIENT_SECRET_FILE QTB_CREATE_USERS QTB_SERVICE_HMAC_SECRET QTB_SERVICE_HMAC_SECRET_FILE QTB_SERVICE_PUBLIC_KEY_FILE QTB_SERVICE_JWKS_URL QTB_SERVICE_ISSUER QTB_SERVICE_AUDIENCE QTB_SERVICE_TENANTS_CLAIM QTB_PROXY_TIMEOUT QTB_PROXY_MAX_BODY QTB_PROXY_WEBSOCKET OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME
 {{- end }}
 
 {{/* validate fails the render on configurations the broker would refuse at
@@ -174,6 +178,14 @@ start, or that would put a secret where it does not belong. */}}
 {{- end }}
 {{- if and (eq $mode "sentinel") (not $r.masterName) (not (regexMatch "[?&]master_name=[^&#]" $r.url)) }}
 {{- fail "qlik-token-broker: redis.mode sentinel needs redis.masterName (or ?master_name= in redis.url)" }}
+{{- end }}
+{{- range $name, $set := dict "redis.sentinelUsername" $r.sentinelUsername "redis.sentinelPassword.existingSecret" $r.sentinelPassword.existingSecret }}
+{{- if and $set (ne $mode "sentinel") }}
+{{- fail (printf "qlik-token-broker: %s is for redis.mode sentinel: it authenticates to the sentinels" $name) }}
+{{- end }}
+{{- end }}
+{{- if and $r.sentinelUsername (not $r.sentinelPassword.existingSecret) }}
+{{- fail "qlik-token-broker: redis.sentinelUsername needs redis.sentinelPassword.existingSecret: Redis sends a user name only with its password" }}
 {{- end }}
 {{- if and (kindIs "bool" $v.config.l1Enabled) (not $v.config.l1Enabled) (not $redis) }}
 {{- fail "qlik-token-broker: config.l1Enabled false needs Redis (redis.url or redis.addrs): the in-process cache is the only cache without it" }}
@@ -440,6 +452,10 @@ env:
   {{- end }}
   {{- with $r.masterName }}
   - name: QTB_REDIS_MASTER_NAME
+    value: {{ . | quote }}
+  {{- end }}
+  {{- with $r.sentinelUsername }}
+  - name: QTB_REDIS_SENTINEL_USERNAME
     value: {{ . | quote }}
   {{- end }}
   {{- end }}
