@@ -164,12 +164,6 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg, metrics.BuildInfo{Version: version, Revision: revision})
 
-	var l1 broker.Store
-	if cfg.L1Enabled {
-		mem := cache.NewMemory(cache.MemoryOptions{MaxEntries: cfg.L1MaxEntries})
-		defer mem.Close()
-		l1 = mem
-	}
 	var shared broker.Shared
 	if cfg.redisEnabled() {
 		opts := cfg.redisOptions()
@@ -205,7 +199,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	b, err := broker.New(broker.Config{
 		Tenants:      tenants,
 		Upstream:     cfg.upstreamConfig(),
-		L1:           l1,
+		L1MaxEntries: cfg.L1MaxEntries,
+		NoL1:         !cfg.L1Enabled,
 		L1TTL:        cfg.L1TTL,
 		Shared:       shared,
 		Keyring:      keyring,

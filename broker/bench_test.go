@@ -48,9 +48,7 @@ func newBenchBroker(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.
 		Keyring: keyring,
 		Metrics: m,
 	}
-	if l1 {
-		cfg.L1 = cache.NewMemory(cache.MemoryOptions{})
-	}
+	cfg.NoL1 = !l1
 	br, err := broker.New(cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -50,7 +50,6 @@ type Issuer interface {
 var _ Issuer = (*qlik.Client)(nil)
 
 // Store keeps opaque values with a time to live; a miss is cache.ErrMiss.
-// cache.Memory is the L1.
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
@@ -67,10 +66,7 @@ type Shared interface {
 	SubscribeInvalidations(ctx context.Context, fn func(key string)) error
 }
 
-var (
-	_ Store  = (*cache.Memory)(nil)
-	_ Shared = (*cache.Redis)(nil)
-)
+var _ Shared = (*cache.Redis)(nil)
 
 // Tenant is one Qlik Cloud tenant and the impersonation client used there.
 type Tenant struct {
@@ -114,9 +110,12 @@ type Config struct {
 	// claim, or gets the only one when there is exactly one. SetTenants
 	// replaces them at run time.
 	Tenants []Tenant
-	// L1 is the in-process cache. Nil turns it off, which only makes
-	// sense with Shared (benchmarks of the Redis path).
-	L1 Store
+	// L1MaxEntries bounds the in-process cache (L1) of tokens; default
+	// cache.DefaultMaxEntries.
+	L1MaxEntries int
+	// NoL1 turns the in-process token cache off, which only makes sense
+	// with Shared (benchmarks of the Redis path).
+	NoL1 bool
 	// L1TTL caps how long a token stays in L1 when Shared is set, bounding
 	// how stale a replica can be if it misses an invalidation. Default 5m.
 	L1TTL time.Duration
@@ -162,7 +161,9 @@ type Config struct {
 type Broker struct {
 	tenants      atomic.Pointer[tenantSet]
 	upstreamCfg  UpstreamConfig
-	l1           Store
+	l1           *cache.Memory[*cached] // nil when turned off
+	emails       *cache.Memory[string]  // email -> Qlik user id
+	names        nameCache
 	l1TTL        time.Duration
 	shared       Shared
 	keyring      *cache.Keyring
@@ -182,7 +183,8 @@ type Broker struct {
 	flight singleflight.Group
 	hmacs  sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
 
-	l1Hit, l1Miss prometheus.Counter // resolved once: the hot path
+	l1Hit, l1Miss prometheus.Counter            // resolved once: the hot path
+	redisLookups  map[string]prometheus.Counter // by result, resolved once
 
 	// Background refreshes: one per key at a time, with a back-off after
 	// a failed or skipped one.
@@ -210,7 +212,6 @@ var (
 func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		upstreamCfg:  cfg.Upstream.withDefaults(),
-		l1:           cfg.L1,
 		l1TTL:        orDefault(cfg.L1TTL, 5*time.Minute),
 		shared:       cfg.Shared,
 		keyring:      cfg.Keyring,
@@ -226,7 +227,7 @@ func New(cfg Config) (*Broker, error) {
 		refreshing:   make(map[string]time.Time),
 	}
 	var errs []error
-	if b.l1 == nil && b.shared == nil {
+	if cfg.NoL1 && b.shared == nil {
 		errs = append(errs, errors.New("broker: needs an L1 store, a shared store or both"))
 	}
 	if b.m == nil {
@@ -247,12 +248,24 @@ func New(cfg Config) (*Broker, error) {
 	if b.keyring != nil {
 		b.nameKey = b.keyring.NameKey()
 	}
-	if b.l1 == nil {
-		b.l1 = noL1{}
+	memOpts := cache.MemoryOptions{MaxEntries: cfg.L1MaxEntries, Now: b.now}
+	if !cfg.NoL1 {
+		b.l1 = cache.NewMemory[*cached](memOpts)
+	}
+	b.emails = cache.NewMemory[string](memOpts)
+	b.names.max = memOpts.MaxEntries
+	if b.names.max <= 0 {
+		b.names.max = cache.DefaultMaxEntries
 	}
 	b.hmacs.New = func() any { return hmac.New(sha256.New, b.nameKey) }
 	b.l1Hit = b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultHit)
 	b.l1Miss = b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultMiss)
+	if b.shared != nil {
+		b.redisLookups = make(map[string]prometheus.Counter)
+		for _, r := range []string{metrics.ResultHit, metrics.ResultMiss, metrics.ResultError} {
+			b.redisLookups[r] = b.m.CacheLookups.WithLabelValues(metrics.TierRedis, r)
+		}
+	}
 	b.tracer, b.traced = newTracer(cfg.Tracer)
 	if err := b.SetTenants(cfg.Tenants); err != nil {
 		return nil, err
@@ -282,7 +295,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	}
 	err := b.shared.SubscribeInvalidations(ctx, func(key string) {
-		_ = b.l1.Delete(ctx, key)
+		b.deleteL1(key)
 	})
 	if ctx.Err() != nil {
 		return nil
@@ -303,10 +316,44 @@ func (k keys) lease() string { return "qtb:lock:" + k.tenant + k.tag }
 
 // keysFor names the cache entries of one user of one client at one tenant.
 // The user value is HMACed (with the keyring's name key when sealing is on)
-// so no raw identifier reaches the store.
+// so no raw identifier reaches the store. Names are remembered: a user asks
+// many times per token lifetime, and the HMAC was 7% of an L1 hit's CPU.
 func (b *Broker) keysFor(up *upstream, user qlik.UserLookup) keys {
+	nk := nameKey{tenant: up.tenant.ID, client: up.tenant.Credentials.ClientID, scope: up.tenant.Scope, field: user.Field, value: user.Value}
+	if k, ok := b.names.get(nk); ok {
+		return k
+	}
 	tag := b.hashTag(up.tenant.Credentials.ClientID, user.Field, user.Value, up.tenant.Scope)
-	return keys{token: "qtb:tok:" + up.tenant.ID + tag, tenant: up.tenant.ID, tag: tag}
+	k := keys{token: "qtb:tok:" + up.tenant.ID + tag, tenant: up.tenant.ID, tag: tag}
+	b.names.put(nk, k)
+	return k
+}
+
+// nameKey is what a user's key names are derived from.
+type nameKey struct{ tenant, client, scope, field, value string }
+
+// nameCache remembers key names. It is bounded like L1 and simply starts
+// over when full: a name costs one HMAC to derive again.
+type nameCache struct {
+	max int
+	mu  sync.RWMutex
+	m   map[nameKey]keys
+}
+
+func (c *nameCache) get(nk nameKey) (keys, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	k, ok := c.m[nk]
+	return k, ok
+}
+
+func (c *nameCache) put(nk nameKey, k keys) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= c.max {
+		c.m = make(map[nameKey]keys)
+	}
+	c.m[nk] = k
 }
 
 // hashTag is ":{<HMAC of parts>}", the part of a key name that identifies
@@ -331,21 +378,32 @@ func (b *Broker) hashTag(parts ...string) string {
 // MinTokenTTL to live. A token inside its refresh-ahead window is returned
 // at once while a background refresh replaces it.
 func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, error) {
-	up, user, err := b.resolve(ctx, id)
+	c, err := b.token(ctx, id)
 	if err != nil {
 		return qlik.Token{}, err
 	}
-	k := b.keysFor(up, user)
-	if tok, ok := b.fromL1(ctx, k.token); ok {
-		b.annotate(ctx, up.tenant.ID, metrics.TierL1)
-		b.maybeRefresh(up, k, user, tok)
-		return tok, nil
+	return c.tok, nil
+}
+
+// token is Token returning the cached form, which the HTTP API answers
+// from without encoding anything.
+func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error) {
+	up, user, err := b.resolve(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	if tok, ok := b.fromShared(ctx, k.token, true); ok {
+	k := b.keysFor(up, user)
+	now := b.now()
+	if c, ok := b.fromL1(ctx, k.token, now); ok {
+		b.annotate(ctx, up.tenant.ID, metrics.TierL1)
+		b.maybeRefresh(up, k, user, c, now)
+		return c, nil
+	}
+	if c, ok := b.fromShared(ctx, k.token, true); ok {
 		b.annotate(ctx, up.tenant.ID, metrics.TierRedis)
-		b.putL1(ctx, k.token, tok)
-		b.maybeRefresh(up, k, user, tok)
-		return tok, nil
+		b.putL1(k.token, c)
+		b.maybeRefresh(up, k, user, c, now)
+		return c, nil
 	}
 	b.annotate(ctx, up.tenant.ID, tierNone)
 	ch := b.flight.DoChan(k.token, func() (any, error) {
@@ -361,18 +419,18 @@ func (b *Broker) Token(ctx context.Context, id session.Identity) (qlik.Token, er
 			b.m.Coalesced.Inc()
 		}
 		if r.Err != nil {
-			return qlik.Token{}, r.Err
+			return nil, r.Err
 		}
-		return r.Val.(qlik.Token), nil
+		return r.Val.(*cached), nil
 	case <-ctx.Done():
-		return qlik.Token{}, fmt.Errorf("broker: waiting for token: %w", ctx.Err())
+		return nil, fmt.Errorf("broker: waiting for token: %w", ctx.Err())
 	}
 }
 
 // fill gets a token for a cold key: from another replica that holds the
 // lease, or from the tenant under the lease. Without Shared, or while Redis
 // fails, the process-level singleflight around it is the only coalescing.
-func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (tok qlik.Token, err error) {
+func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (tok *cached, err error) {
 	ctx, span := b.tracer.Start(ctx, spanFill, trace.WithAttributes(attrTenant.String(up.tenant.ID)))
 	defer func() { endSpan(span, spanOutcome(err), err) }() // after the recover below
 	defer func() {
@@ -393,7 +451,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 			if tok, ok := b.fromShared(ctx, k.token, false); ok {
 				b.m.Leases.WithLabelValues(metrics.LeaseWaited).Inc()
 				span.SetAttributes(attrLease.String(metrics.LeaseWaited))
-				b.putL1(ctx, k.token, tok)
+				b.putL1(k.token, tok)
 				return tok, nil
 			}
 		}
@@ -418,7 +476,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return qlik.Token{}, fmt.Errorf("%w: waiting for another replica's token: %w", ErrUpstream, ctx.Err())
+			return nil, fmt.Errorf("%w: waiting for another replica's token: %w", ErrUpstream, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -426,7 +484,7 @@ func (b *Broker) fill(ctx context.Context, up *upstream, k keys, user qlik.UserL
 
 // mintUnderLease fetches while holding the lease, keeping it alive for as
 // long as the tenant takes, and releases it after storing the result.
-func (b *Broker) mintUnderLease(ctx context.Context, up *upstream, lease *cache.Lease, k keys, user qlik.UserLookup) (qlik.Token, error) {
+func (b *Broker) mintUnderLease(ctx context.Context, up *upstream, lease *cache.Lease, k keys, user qlik.UserLookup) (*cached, error) {
 	stop := lease.KeepAlive(ctx, b.leaseTTL)
 	defer func() {
 		stop()
@@ -436,22 +494,22 @@ func (b *Broker) mintUnderLease(ctx context.Context, up *upstream, lease *cache.
 	}()
 	// The holder before us may have stored a token just before we locked.
 	if tok, ok := b.fromShared(ctx, k.token, false); ok {
-		b.putL1(ctx, k.token, tok)
+		b.putL1(k.token, tok)
 		return tok, nil
 	}
 	return b.mint(ctx, up, k, user)
 }
 
 // mint calls the tenant and stores the result in both tiers.
-func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (qlik.Token, error) {
+func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (*cached, error) {
 	got, err := up.impersonate(ctx, user)
 	if err != nil {
-		return qlik.Token{}, err
+		return nil, err
 	}
 	tok := *got
-	ttl := b.cacheTTL(tok)
+	ttl := b.cacheTTL(tok, b.now())
 	if ttl <= 0 {
-		return qlik.Token{}, ErrTokenTooShortLived
+		return nil, ErrTokenTooShortLived
 	}
 	if b.shared != nil {
 		if err := b.shared.Set(ctx, k.token, b.seal(k.token, tok), ttl); err != nil {
@@ -459,18 +517,19 @@ func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserL
 			b.redisError(ctx, "set", err)
 		}
 	}
-	b.putL1(ctx, k.token, tok)
-	return tok, nil
+	c := b.newCached(k.token, tok)
+	b.putL1(k.token, c)
+	return c, nil
 }
 
 // cacheTTL is how long tok stays servable: until MinTokenTTL before its
 // expiry (after the skew).
-func (b *Broker) cacheTTL(tok qlik.Token) time.Duration {
-	return tok.ExpiresAt.Add(-b.skew - b.minTTL).Sub(b.now())
+func (b *Broker) cacheTTL(tok qlik.Token, now time.Time) time.Duration {
+	return tok.ExpiresAt.Add(-b.skew - b.minTTL).Sub(now)
 }
 
-func (b *Broker) servable(tok qlik.Token) bool {
-	return tok.AccessToken != "" && b.cacheTTL(tok) > 0
+func (b *Broker) servable(tok qlik.Token, now time.Time) bool {
+	return tok.AccessToken != "" && b.cacheTTL(tok, now) > 0
 }
 
 // refreshAt is when tok's background refresh is due. Each token gets a
@@ -495,9 +554,8 @@ func (b *Broker) refreshAt(key string, tok qlik.Token) time.Time {
 
 // maybeRefresh starts the background refresh of a served token once it is
 // due, at most one per key at a time in this process.
-func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, tok qlik.Token) {
-	now := b.now()
-	if now.Before(b.refreshAt(k.token, tok)) {
+func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, c *cached, now time.Time) {
+	if now.Before(c.refreshAt) {
 		return
 	}
 	b.refreshMu.Lock()
@@ -515,7 +573,7 @@ func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, tok ql
 		ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
 		defer cancel()
 		ctx, span := b.tracer.Start(ctx, spanRefresh, trace.WithAttributes(attrTenant.String(up.tenant.ID)))
-		result, err := b.refresh(ctx, up, k, user, tok)
+		result, err := b.refresh(ctx, up, k, user, c.tok)
 		endSpan(span, result, err)
 		b.m.Refreshes.WithLabelValues(result).Inc()
 
@@ -545,8 +603,8 @@ func (b *Broker) refresh(ctx context.Context, up *upstream, k keys, user qlik.Us
 	if b.shared != nil {
 		adopt := func() bool {
 			cur, ok := b.fromShared(ctx, k.token, false)
-			if ok && cur.ExpiresAt.After(old.ExpiresAt) {
-				b.putL1(ctx, k.token, cur)
+			if ok && cur.tok.ExpiresAt.After(old.ExpiresAt) {
+				b.putL1(k.token, cur)
 				return true
 			}
 			return false
@@ -592,17 +650,13 @@ func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
 	b.flight.Forget(k.token)
 
 	var found []string
-	if raw, err := b.l1.Get(ctx, k.token); err == nil {
-		if tok, err := decodeToken(raw); err == nil {
-			found = append(found, tok.AccessToken)
-		}
+	if c, ok := b.getL1(k.token); ok {
+		found = append(found, c.tok.AccessToken)
 	}
-	if err := b.l1.Delete(ctx, k.token); err != nil {
-		return fmt.Errorf("broker: evict: %w", err)
-	}
+	b.deleteL1(k.token)
 	if b.shared != nil {
-		if tok, ok := b.fromShared(ctx, k.token, false); ok && (len(found) == 0 || found[0] != tok.AccessToken) {
-			found = append(found, tok.AccessToken)
+		if c, ok := b.fromShared(ctx, k.token, false); ok && (len(found) == 0 || found[0] != c.tok.AccessToken) {
+			found = append(found, c.tok.AccessToken)
 		}
 		if err := b.shared.Delete(ctx, k.token); err != nil {
 			b.redisError(ctx, "delete", err)
@@ -633,13 +687,11 @@ func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string)
 		return qlik.Token{}, err
 	}
 	k := b.keysFor(up, user)
-	if raw, err := b.l1.Get(ctx, k.token); err == nil {
-		if tok, err := decodeToken(raw); err == nil && tok.AccessToken == stale {
-			_ = b.l1.Delete(ctx, k.token)
-		}
+	if c, ok := b.getL1(k.token); ok && c.tok.AccessToken == stale {
+		b.deleteL1(k.token)
 	}
 	if b.shared != nil {
-		if tok, ok := b.fromShared(ctx, k.token, false); ok && tok.AccessToken == stale {
+		if c, ok := b.fromShared(ctx, k.token, false); ok && c.tok.AccessToken == stale {
 			if err := b.shared.Delete(ctx, k.token); err != nil {
 				b.redisError(ctx, "delete", err)
 			}
@@ -652,47 +704,59 @@ func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string)
 }
 
 // fromL1 returns a servable token from the in-process cache.
-func (b *Broker) fromL1(ctx context.Context, key string) (tok qlik.Token, ok bool) {
+func (b *Broker) fromL1(ctx context.Context, key string, now time.Time) (c *cached, ok bool) {
 	if b.traced { // a no-op span would cost an allocation on every hit
-		var span trace.Span
-		ctx, span = b.tracer.Start(ctx, spanL1)
+		_, span := b.tracer.Start(ctx, spanL1)
 		defer func() { endLookup(span, lookupResult(ok)) }()
 	}
-	raw, err := b.l1.Get(ctx, key)
-	if err == nil {
-		if tok, derr := decodeToken(raw); derr == nil && b.servable(tok) {
-			b.l1Hit.Inc()
-			return tok, true
-		}
+	if c, ok := b.getL1(key); ok && b.servable(c.tok, now) {
+		b.l1Hit.Inc()
+		return c, true
 	}
 	b.l1Miss.Inc()
-	return qlik.Token{}, false
+	return nil, false
+}
+
+func (b *Broker) getL1(key string) (*cached, bool) {
+	if b.l1 == nil {
+		return nil, false
+	}
+	return b.l1.Get(key)
+}
+
+func (b *Broker) deleteL1(key string) {
+	if b.l1 != nil {
+		b.l1.Delete(key)
+	}
 }
 
 // fromShared returns a servable token from Redis. Errors, and values that
 // fail to unseal, are misses: the tenant is the source of truth. lookup
 // says whether this is a request's lookup, which is counted, or a re-check
 // while filling, which is not (so one bad value counts once).
-func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (qlik.Token, bool) {
+func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (*cached, bool) {
 	if b.shared == nil {
-		return qlik.Token{}, false
+		return nil, false
 	}
-	ctx, span := b.tracer.Start(ctx, spanRedis, trace.WithSpanKind(trace.SpanKindClient))
+	span := noSpan
+	if b.traced { // the no-op tracer's Start allocates a context
+		ctx, span = b.tracer.Start(ctx, spanRedis, trace.WithSpanKind(trace.SpanKindClient))
+	}
 	result := metrics.ResultMiss
 	defer func() {
 		endLookup(span, result)
 		if lookup {
-			b.m.CacheLookups.WithLabelValues(metrics.TierRedis, result).Inc()
+			b.redisLookups[result].Inc()
 		}
 	}()
 	raw, err := b.shared.Get(ctx, key)
 	switch {
 	case errors.Is(err, cache.ErrMiss):
-		return qlik.Token{}, false
+		return nil, false
 	case err != nil:
 		result = metrics.ResultError
 		b.redisError(ctx, "get", err)
-		return qlik.Token{}, false
+		return nil, false
 	}
 	if b.keyring != nil {
 		if raw, err = b.keyring.Open([]byte(key), raw); err != nil {
@@ -700,34 +764,56 @@ func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (qlik.
 				b.m.UnsealFailures.WithLabelValues(cache.UnsealReason(err)).Inc()
 				b.log.WarnContext(ctx, "cached token failed to unseal; treating it as a miss", "reason", cache.UnsealReason(err))
 			}
-			return qlik.Token{}, false
+			return nil, false
 		}
 	}
 	tok, err := decodeToken(raw)
-	if err != nil || !b.servable(tok) {
-		return qlik.Token{}, false
+	if err != nil || !b.servable(tok, b.now()) {
+		return nil, false
 	}
 	result = metrics.ResultHit
-	return tok, true
+	return b.newCached(key, tok), true
 }
 
 // putL1 keeps tok in the in-process cache, for at most L1TTL when Redis
 // is the shared source of truth. It does not replace a token that lives
 // longer: a request that read Redis just before a refresh landed must not
 // put the old token back.
-func (b *Broker) putL1(ctx context.Context, key string, tok qlik.Token) {
-	if raw, err := b.l1.Get(ctx, key); err == nil {
-		if cur, err := decodeToken(raw); err == nil && cur.ExpiresAt.After(tok.ExpiresAt) {
-			return
-		}
+func (b *Broker) putL1(key string, c *cached) {
+	if b.l1 == nil {
+		return
 	}
-	ttl := b.cacheTTL(tok)
+	if cur, ok := b.l1.Get(key); ok && cur.tok.ExpiresAt.After(c.tok.ExpiresAt) {
+		return
+	}
+	ttl := b.cacheTTL(c.tok, b.now())
 	if b.shared != nil {
 		ttl = min(ttl, b.l1TTL)
 	}
 	if ttl > 0 {
-		_ = b.l1.Set(ctx, key, encodeToken(tok), ttl) // in-process: cannot fail
+		_ = b.l1.Set(key, c, ttl) // only fails for ttl <= 0
 	}
+}
+
+// cached is a token as the broker serves it. Everything a hit needs is
+// computed once, when the token enters the process: the decoded token, its
+// refresh point and its JSON answer (all but expires_in), so a hit costs
+// no decoding, hashing or JSON encoding. It is immutable once built.
+type cached struct {
+	tok       qlik.Token
+	refreshAt time.Time
+	jsonHead  []byte // the JSON answer up to the value of "expires_in"
+	text      []byte // the access token: the text/plain answer
+}
+
+func (b *Broker) newCached(key string, tok qlik.Token) *cached {
+	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok), jsonHead: renderTokenHead(tok)}
+	if end := accessTokenAt + len(tok.AccessToken); len(c.jsonHead) > end && string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {
+		c.text = c.jsonHead[accessTokenAt:end:end] // written unescaped: share it
+	} else {
+		c.text = []byte(tok.AccessToken)
+	}
+	return c
 }
 
 func (b *Broker) seal(key string, tok qlik.Token) []byte {
@@ -768,13 +854,6 @@ func outcome(err error) string {
 		return metrics.OutcomeNetwork
 	}
 }
-
-// noL1 stands in for a turned-off L1: it holds nothing.
-type noL1 struct{}
-
-func (noL1) Get(context.Context, string) ([]byte, error)              { return nil, cache.ErrMiss }
-func (noL1) Set(context.Context, string, []byte, time.Duration) error { return nil }
-func (noL1) Delete(context.Context, string) error                     { return nil }
 
 // The stored form of a token: a version byte, the expiry in Unix
 // nanoseconds, then length-prefixed token type and scope, then the access

@@ -68,6 +68,7 @@ type envOptions struct {
 	userRate  float64                           // per-identity requests per second; 0: off
 	issuer    func(broker.Issuer) broker.Issuer // wraps the real client
 	proxyURL  func(tenantURL string) string     // the URL the proxy uses for the tenant
+	proxy     broker.ProxyConfig                // /v1/qlik/* tuning; zero: NewAPI's defaults
 	service   *session.Config                   // service credential verifier
 	logs      io.Writer
 	tenantOpt []qliktest.Option
@@ -118,7 +119,6 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	cfg := broker.Config{
 		Tenants: []broker.Tenant{{ID: "acme", URL: tn.URL(), Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
-		L1:      cache.NewMemory(cache.MemoryOptions{Now: clk.Now}),
 		Shared:  o.shared,
 		Keyring: o.keyring,
 		Metrics: m,
@@ -149,7 +149,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	api := broker.NewAPI(broker.APIConfig{
 		Broker: b, Verifier: v, SessionCookie: o.cookie, AllowedOrigins: o.origins,
-		Ready: v.Ready, Metrics: m, UserRate: o.userRate, ServiceVerifier: sv, Logger: logger,
+		Ready: v.Ready, Metrics: m, UserRate: o.userRate, ServiceVerifier: sv, Logger: logger, Proxy: o.proxy,
 	})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)

@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
@@ -58,6 +60,7 @@ type API struct {
 	origins        map[string]bool
 	ready          func(ctx context.Context) error
 	m              *metrics.Metrics
+	series         seriesCache
 	log            *slog.Logger
 }
 
@@ -106,7 +109,9 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
-	e.Use(a.instrument, securityHeaders)
+	// One global middleware: echo wraps global and route middleware
+	// around the handler again on every request, one allocation each.
+	e.Use(a.instrument)
 
 	sessionMW := session.MiddlewareWithConfig(session.MiddlewareConfig{
 		Verifier:   cfg.Verifier,
@@ -131,56 +136,119 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 	return e
 }
 
-// routes registers every route in one place.
+// routes registers every route in one place. Route middleware is applied
+// here, once, by chain: handed to echo, it would be wrapped around the
+// handler again on every request (echo v4's Echo.add), an allocation per
+// middleware per request.
 func (a *API) routes(e *echo.Echo, sessionMW, serviceMW, bodyLimit echo.MiddlewareFunc) {
 	e.GET("/healthz", a.healthz)
 	e.GET("/readyz", a.readyz)
 
 	e.OPTIONS("/v1/token", a.preflight)
-	e.GET("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
-	e.POST("/v1/token", a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
-	e.DELETE("/v1/token", a.logout, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin)
+	token := chain(a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
+	e.GET("/v1/token", token)
+	e.POST("/v1/token", token)
+	e.DELETE("/v1/token", chain(a.logout, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin))
 
-	e.Any("/v1/qlik/*", a.proxy, a.originGuard, sessionMW, a.tenantOrigin)
+	e.Any("/v1/qlik/*", chain(a.proxy, a.originGuard, sessionMW, a.tenantOrigin))
 	if serviceMW != nil {
 		// Server to server: no browser origins.
-		e.POST("/v1/service/token", a.serviceToken, a.noBrowser, bodyLimit, serviceMW)
+		e.POST("/v1/service/token", chain(a.serviceToken, a.noBrowser, bodyLimit, serviceMW))
 	}
 }
 
-// tokenResponse is the JSON body of a successful /v1/token.
-type tokenResponse struct {
-	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	Scope       string `json:"scope"`
-	ExpiresAt   string `json:"expires_at"`
-	ExpiresIn   int64  `json:"expires_in"`
+// chain wraps h in mw, the first outermost, as echo would per request.
+func chain(h echo.HandlerFunc, mw ...echo.MiddlewareFunc) echo.HandlerFunc {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}
+
+// renderTokenHead renders the JSON answer for tok up to the value of
+// "expires_in", the seconds left, which is all that changes between two
+// answers with the same token:
+//
+//	{"access_token":"…","token_type":"bearer","scope":"…","expires_at":"…","expires_in":
+//
+// It runs once per token entering the process, so answers from L1 cost no
+// JSON encoding (echo's reflective encoder was a quarter of an L1 hit's
+// CPU). Strings are escaped exactly as encoding/json escapes them.
+func renderTokenHead(tok qlik.Token) []byte {
+	const expiresAtLayout = "2006-01-02T15:04:05.000Z07:00"
+	b := make([]byte, 0, len(`{"access_token":"","token_type":"bearer","scope":"","expires_at":"","expires_in":`)+
+		len(tok.AccessToken)+len(tok.Scope)+len(expiresAtLayout)+16)
+	b = append(b, `{"access_token":`...)
+	b = appendJSONString(b, tok.AccessToken)
+	b = append(b, `,"token_type":"bearer","scope":`...)
+	b = appendJSONString(b, tok.Scope)
+	b = append(b, `,"expires_at":"`...)
+	b = tok.ExpiresAt.UTC().AppendFormat(b, expiresAtLayout)
+	return append(b, `","expires_in":`...)
+}
+
+// accessTokenAt is where the access token starts in a rendered head.
+const accessTokenAt = len(`{"access_token":"`)
+
+// appendJSONString appends s as a JSON string. Strings of printable ASCII
+// without characters encoding/json escapes (every JWT and scope) are
+// copied as they are; anything else goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string: cannot fail
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func (a *API) token(c echo.Context) error {
 	id, _ := session.IdentityFrom(c)
-	tok, err := a.broker.Token(c.Request().Context(), id)
+	tok, err := a.broker.token(c.Request().Context(), id)
 	if err != nil {
 		return err
 	}
 	return a.writeToken(c, tok)
 }
 
+// Header values set on every request or token answer, shared rather than
+// allocated each time (Header.Set allocates its one-element slice).
+// Nothing writes into a header value in place, and Header.Add on one of
+// these appends to a full slice, which copies it.
+var (
+	hdrNoStore    = []string{"no-store"}
+	hdrNoCache    = []string{"no-cache"}
+	hdrJSON       = []string{echo.MIMEApplicationJSON}
+	hdrText       = []string{echo.MIMETextPlainCharsetUTF8}
+	hdrNoSniff    = []string{"nosniff"}
+	hdrNoReferer  = []string{"no-referrer"}
+	hdrVaryOrigin = []string{echo.HeaderOrigin}
+)
+
+// answerBufs holds the buffers JSON token answers are assembled in.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
 // writeToken sends a token as JSON, or as raw text when asked.
-func (a *API) writeToken(c echo.Context, tok qlik.Token) error {
+func (a *API) writeToken(c echo.Context, tok *cached) error {
 	h := c.Response().Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
+	h["Cache-Control"] = hdrNoStore
+	h["Pragma"] = hdrNoCache
 	if prefersText(c.Request().Header.Get(echo.HeaderAccept)) {
-		return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, []byte(tok.AccessToken))
+		h[echo.HeaderContentType] = hdrText // Blob keeps a set Content-Type
+		return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, tok.text)
 	}
-	return c.JSON(http.StatusOK, tokenResponse{
-		AccessToken: tok.AccessToken,
-		TokenType:   "bearer",
-		Scope:       tok.Scope,
-		ExpiresAt:   tok.ExpiresAt.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
-		ExpiresIn:   int64(tok.ExpiresAt.Sub(a.broker.now()) / time.Second),
-	})
+	h[echo.HeaderContentType] = hdrJSON
+	buf := answerBufs.Get().(*[]byte)
+	body := append((*buf)[:0], tok.jsonHead...)
+	body = strconv.AppendInt(body, int64(tok.tok.ExpiresAt.Sub(a.broker.now())/time.Second), 10)
+	body = append(body, "}\n"...)
+	err := c.Blob(http.StatusOK, echo.MIMEApplicationJSON, body)
+	*buf = body
+	answerBufs.Put(buf)
+	return err
 }
 
 func (a *API) logout(c echo.Context) error {
@@ -267,7 +335,11 @@ var errOriginNotAllowed = errors.New("broker: origin not allowed")
 func (a *API) originGuard(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		h := c.Response().Header()
-		h.Add(echo.HeaderVary, echo.HeaderOrigin)
+		if _, ok := h[echo.HeaderVary]; ok {
+			h.Add(echo.HeaderVary, echo.HeaderOrigin)
+		} else {
+			h[echo.HeaderVary] = hdrVaryOrigin
+		}
 		origin := c.Request().Header.Get(echo.HeaderOrigin)
 		if origin == "" {
 			return next(c)
@@ -320,20 +392,16 @@ func (a *API) preflight(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		h := c.Response().Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		return next(c)
-	}
-}
-
-// instrument records request count and latency by route template. It
-// renders errors itself so the status it records is the one sent.
+// instrument is the middleware every request goes through: it sets the
+// security headers and records request count and latency by route
+// template. It renders errors itself so the status it records is the one
+// sent.
 func (a *API) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		h := c.Response().Header()
+		h["X-Content-Type-Options"] = hdrNoSniff
+		h["Referrer-Policy"] = hdrNoReferer
 		if err := next(c); err != nil {
 			c.Error(err)
 		}
@@ -341,10 +409,62 @@ func (a *API) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" || c.Response().Status == http.StatusNotFound && route == "/*" {
 			route = "unmatched"
 		}
-		a.m.HTTPRequests.WithLabelValues(route, c.Request().Method, strconv.Itoa(c.Response().Status)).Inc()
-		a.m.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		s := a.series.get(a.m, route, methodLabel(c.Request().Method), c.Response().Status)
+		s.requests.Inc()
+		s.duration.Observe(time.Since(start).Seconds())
 		return nil
 	}
+}
+
+// methodLabel bounds the method label: a client may send any token as a
+// method, and every distinct label value is a new series.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
+// httpSeries are the request metrics of one route, method and status,
+// resolved once: a label lookup hashes every label value on each call.
+type httpSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+type seriesKey struct {
+	route, method string
+	code          int
+}
+
+// seriesCache maps label values to resolved series. Routes, methods and
+// statuses are bounded sets, so it is too.
+type seriesCache struct {
+	mu sync.RWMutex
+	m  map[seriesKey]httpSeries
+}
+
+func (sc *seriesCache) get(m *metrics.Metrics, route, method string, code int) httpSeries {
+	k := seriesKey{route, method, code}
+	sc.mu.RLock()
+	s, ok := sc.m[k]
+	sc.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = httpSeries{
+		requests: m.HTTPRequests.WithLabelValues(route, method, strconv.Itoa(code)),
+		duration: m.HTTPDuration.WithLabelValues(route),
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.m == nil {
+		sc.m = make(map[seriesKey]httpSeries)
+	}
+	sc.m[k] = s
+	return s
 }
 
 // errorBody is the JSON body of every error response.

@@ -40,7 +40,7 @@ func (a *API) serviceToken(c echo.Context) error {
 	if !allowed {
 		return errServiceScope
 	}
-	tok, err := a.broker.Token(c.Request().Context(), session.Identity{
+	tok, err := a.broker.token(c.Request().Context(), session.Identity{
 		Tenant: body.Tenant, UserField: body.UserLookup.Field, UserValue: body.UserLookup.Value,
 	})
 	if err != nil {

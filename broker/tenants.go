@@ -136,8 +136,8 @@ func (b *Broker) userIDByEmail(ctx context.Context, up *upstream, email string) 
 		return "", fmt.Errorf("%w: tenant %s has no users directory for email lookups", ErrUnknownUser, up.tenant.ID)
 	}
 	key := "qtb:email:" + up.tenant.ID + b.hashTag(up.tenant.Credentials.ClientID, email)
-	if raw, err := b.l1.Get(ctx, key); err == nil {
-		return string(raw), nil
+	if userID, ok := b.emails.Get(key); ok {
+		return userID, nil
 	}
 	if b.shared != nil {
 		if raw, err := b.shared.Get(ctx, key); err == nil {
@@ -145,7 +145,7 @@ func (b *Broker) userIDByEmail(ctx context.Context, up *upstream, email string) 
 				raw, err = b.keyring.Open([]byte(key), raw)
 			}
 			if err == nil && len(raw) > 0 {
-				_ = b.l1.Set(ctx, key, raw, min(b.l1TTL, emailMappingTTL))
+				_ = b.emails.Set(key, string(raw), min(b.l1TTL, emailMappingTTL))
 				return string(raw), nil
 			}
 		} else if !errors.Is(err, cache.ErrMiss) {
@@ -168,7 +168,7 @@ func (b *Broker) userIDByEmail(ctx context.Context, up *upstream, email string) 
 		return "", fmt.Errorf("%w: users: %w", ErrUpstream, err)
 	}
 	userID := v.(string)
-	_ = b.l1.Set(ctx, key, []byte(userID), emailMappingTTL)
+	_ = b.emails.Set(key, userID, emailMappingTTL)
 	if b.shared != nil {
 		val := []byte(userID)
 		if b.keyring != nil {

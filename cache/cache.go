@@ -1,6 +1,8 @@
 // Package cache owns the token store: opaque values with a time to live, kept
-// in Redis when replicas share one, or in process memory when they do not.
-// It knows bytes, key names and TTLs only, nothing of Qlik or sessions.
+// in Redis when replicas share one, and in process memory (Memory, the L1
+// in front of Redis, or the only tier without it). It knows bytes (or, in
+// Memory, values of the caller's type), key names and TTLs only, nothing of
+// Qlik or sessions.
 //
 // Around the store it offers what replicas sharing Redis need: a Keyring
 // sealing values at rest (AES-256-GCM, bound to their key names), leases
@@ -39,8 +41,9 @@ var ErrMiss = errors.New("cache: miss")
 // never expires, or expires at once, is a caller bug, not something to store.
 var ErrInvalidTTL = errors.New("cache: ttl must be positive")
 
-// store is what every implementation offers; the conformance suite runs
-// against it. Consumers declare their own, smaller interfaces.
+// store is what a byte store offers; the conformance suite runs against
+// Redis and against Memory[[]byte] through a copying adapter. Consumers
+// declare their own, smaller interfaces.
 type store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
@@ -48,7 +51,4 @@ type store interface {
 	Close() error
 }
 
-var (
-	_ store = (*Memory)(nil)
-	_ store = (*Redis)(nil)
-)
+var _ store = (*Redis)(nil)
