@@ -24,11 +24,13 @@ var DefaultProxyPaths = []string{"/api/v1/"}
 
 // ProxyConfig tunes the reverse proxy to the tenants, /v1/qlik/*.
 type ProxyConfig struct {
-	// Timeout bounds one proxied request, streaming included. Default 5m.
+	// Timeout bounds one proxied request, streaming included. It does not
+	// bound a websocket, whose handshake the transport bounds. Default 5m.
 	Timeout time.Duration
 	// MaxRequestBytes caps a request body. Default 32 MiB.
 	MaxRequestBytes int64
-	// Websocket lets engine websockets (/app/...) through. Default off.
+	// Websocket lets engine websockets (/app/...) through, when the tenant's
+	// proxy paths allow /app/. Default off.
 	Websocket bool
 }
 
@@ -77,7 +79,17 @@ func (a *API) proxy(c echo.Context) error {
 		return err
 	}
 
-	ctx, cancel := context.WithTimeout(req.Context(), a.proxyCfg.Timeout)
+	// Timeout bounds a request, streaming included, but not a websocket:
+	// ReverseProxy closes a switched connection when the request's context
+	// ends, so a deadline here would cut every engine session at Timeout
+	// (5m by default), however busy. The handshake is bounded by the
+	// transport (ResponseHeaderTimeout); the socket then lives as long as
+	// both ends keep it. net/http clears the server's read and write
+	// deadlines, and the one set below, when the connection is hijacked.
+	ctx, cancel := req.Context(), context.CancelFunc(func() {})
+	if !websocket {
+		ctx, cancel = context.WithTimeout(ctx, a.proxyCfg.Timeout)
+	}
 	defer cancel()
 	// The server's write timeout suits token responses, not exports.
 	_ = http.NewResponseController(c.Response().Writer).SetWriteDeadline(time.Now().Add(a.proxyCfg.Timeout))
@@ -101,6 +113,14 @@ func (a *API) proxy(c echo.Context) error {
 				pr.Out.Header.Del(h)
 			}
 			pr.Out.Header.Set("Authorization", "Bearer "+call.token)
+			if !websocket {
+				// ReverseProxy would tunnel any protocol the tenant switched
+				// to (h2c, "websocket, x"...), past the check above, which
+				// lets only a websocket to /app/ switch. Other upgrades go
+				// as plain requests: a server may ignore Upgrade.
+				pr.Out.Header.Del("Upgrade")
+				pr.Out.Header.Del("Connection")
+			}
 			replayable(pr.Out)
 		},
 		ModifyResponse: func(resp *http.Response) error {
