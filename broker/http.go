@@ -394,8 +394,9 @@ func (a *API) preflight(c echo.Context) error {
 
 // instrument is the middleware every request goes through: it sets the
 // security headers and records request count and latency by route
-// template. It renders errors itself so the status it records is the one
-// sent.
+// template (a proxied websocket counts as a 101 when it closes, without
+// a latency). It renders errors itself so the status it records is the
+// one sent.
 func (a *API) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
@@ -409,9 +410,12 @@ func (a *API) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" || c.Response().Status == http.StatusNotFound && route == "/*" {
 			route = "unmatched"
 		}
-		s := a.series.get(a.m, route, methodLabel(c.Request().Method), c.Response().Status)
+		status := c.Response().Status
+		s := a.series.get(a.m, route, methodLabel(c.Request().Method), status)
 		s.requests.Inc()
-		s.duration.Observe(time.Since(start).Seconds())
+		if status != http.StatusSwitchingProtocols { // a websocket's lifetime is not a latency
+			s.duration.Observe(time.Since(start).Seconds())
+		}
 		return nil
 	}
 }

@@ -22,6 +22,10 @@ import (
 // the REST API, not /oauth or anything else.
 var DefaultProxyPaths = []string{"/api/v1/"}
 
+// websocketPaths is where a websocket may go at a tenant with the default
+// proxy paths, when websockets are on: the engine.
+var websocketPaths = []string{"/app/"}
+
 // ProxyConfig tunes the reverse proxy to the tenants, /v1/qlik/*.
 type ProxyConfig struct {
 	// Timeout bounds one proxied request, streaming included. It does not
@@ -29,8 +33,9 @@ type ProxyConfig struct {
 	Timeout time.Duration
 	// MaxRequestBytes caps a request body. Default 32 MiB.
 	MaxRequestBytes int64
-	// Websocket lets engine websockets (/app/...) through, when the tenant's
-	// proxy paths allow /app/. Default off.
+	// Websocket lets engine websockets (/app/...) through. A tenant with
+	// its own proxy paths must list /app/; with the default paths, turning
+	// this on is enough (only websockets may then reach /app/). Default off.
 	Websocket bool
 }
 
@@ -62,11 +67,17 @@ func (a *API) proxy(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	target, err := proxyPath(c.Param("*"), up.tenant.proxyPaths())
+	websocket := strings.EqualFold(req.Header.Get("Upgrade"), "websocket")
+	paths := up.tenant.proxyPaths()
+	if websocket && a.proxyCfg.Websocket && len(up.tenant.ProxyPaths) == 0 {
+		// Turning websockets on is what lets them reach /app/ at a tenant
+		// with the default paths; a tenant's own list still rules.
+		paths = websocketPaths
+	}
+	target, err := proxyPath(c.Param("*"), paths)
 	if err != nil {
 		return err
 	}
-	websocket := strings.EqualFold(req.Header.Get("Upgrade"), "websocket")
 	if websocket && (!a.proxyCfg.Websocket || !strings.HasPrefix(target, "/app/")) {
 		return errWebsocketOff
 	}
@@ -126,6 +137,11 @@ func (a *API) proxy(c echo.Context) error {
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Del("Set-Cookie")
 			status = resp.StatusCode
+			if status == http.StatusSwitchingProtocols {
+				// ReverseProxy writes the 101 on the hijacked connection,
+				// past echo's Response: record it for the request metrics.
+				c.Response().Status = status
+			}
 			a.m.ProxyDuration.WithLabelValues(up.tenant.ID).Observe(time.Since(start).Seconds())
 			return nil
 		},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
@@ -16,6 +17,8 @@ import (
 
 // wsPaths lets the proxy reach the engine as well as the REST API.
 func wsPaths(cfg *broker.Config) { cfg.Tenants[0].ProxyPaths = []string{"/api/v1/", "/app/"} }
+
+func restPaths(cfg *broker.Config) { cfg.Tenants[0].ProxyPaths = []string{"/api/v1/"} }
 
 // wsCtx bounds a test's websocket I/O so a broken pass-through fails the
 // test instead of hanging it. Nothing asserts on time.
@@ -138,6 +141,44 @@ func TestProxyWebsocket(t *testing.T) {
 	if n := e.tenant.Calls(qliktest.EndpointEngine); n != 5 {
 		t.Fatalf("engine handshakes %d, want 5", n)
 	}
+
+	// Each socket counts as one 101 when it has closed, and its lifetime
+	// is kept out of the latency histogram.
+	adaWS.Close(websocket.StatusNormalClosure, "")
+	graceWS.Close(websocket.StatusNormalClosure, "")
+	switched := e.metrics.HTTPRequests.WithLabelValues("/v1/qlik/*", http.MethodGet, "101")
+	for testutil.ToFloat64(switched) != 5 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("101s counted: %v, want 5", testutil.ToFloat64(switched))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if n := histogramCount(t, e, "qlik_token_broker_http_request_duration_seconds", "/v1/qlik/*"); n != 0 {
+		t.Fatalf("%d websocket lifetimes observed as request latency", n)
+	}
+}
+
+// histogramCount is the sample count of a histogram's route series.
+func histogramCount(t *testing.T, e *env, name, route string) uint64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "route" && l.GetValue() == route {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // TestProxyWebsocketRefused: an upgrade the broker must not pass is refused
@@ -156,7 +197,8 @@ func TestProxyWebsocketRefused(t *testing.T) {
 	}{
 		{"pass-through off", false, wsPaths, "/v1/qlik/app/app-1", bearer, 403, "websocket_not_allowed"},
 		{"REST path", true, wsPaths, "/v1/qlik/api/v1/users/me", bearer, 403, "websocket_not_allowed"},
-		{"/app/ not in the tenant's proxy paths", true, nil, "/v1/qlik/app/app-1", bearer, 403, "path_not_allowed"},
+		{"/app/ not in the tenant's own proxy paths", true, restPaths, "/v1/qlik/app/app-1", bearer, 403, "path_not_allowed"},
+		{"default paths, pass-through off", false, nil, "/v1/qlik/app/app-1", bearer, 403, "path_not_allowed"},
 		{"no session", true, wsPaths, "/v1/qlik/app/app-1", func(string) http.Header { return nil }, 401, "invalid_session"},
 		{"foreign origin", true, wsPaths, "/v1/qlik/app/app-1", func(s string) http.Header {
 			h := bearer(s)
@@ -187,6 +229,27 @@ func TestProxyWebsocketRefused(t *testing.T) {
 				t.Fatalf("%d handshakes reached the engine", n)
 			}
 		})
+	}
+}
+
+// TestProxyWebsocketDefaultPaths: with the default proxy paths, turning
+// websockets on lets them reach /app/, and nothing else gets there.
+func TestProxyWebsocketDefaultPaths(t *testing.T) {
+	e := newEnv(t, envOptions{proxy: broker.ProxyConfig{Websocket: true}})
+	ada := e.addUser("Ada")
+	sess := e.session(ada.ID)
+	ctx := wsCtx(t)
+	c, resp, err := e.dialWS(ctx, "/v1/qlik/app/app-1", bearer(sess))
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	defer c.CloseNow()
+	if got := exchange(t, ctx, c, "hi"); got.UserID != ada.ID {
+		t.Fatalf("reply %+v, want Ada's", got)
+	}
+	resp, body := e.do(http.MethodGet, "/v1/qlik/app/app-1", sess, nil)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "path_not_allowed") {
+		t.Fatalf("plain GET of /app/: %d %s, want 403 path_not_allowed", resp.StatusCode, body)
 	}
 }
 
