@@ -19,7 +19,6 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -169,24 +168,28 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Identity, error
 	return id, err
 }
 
+// claimsPool recycles the claims maps of verify: decoding into a map that
+// has already grown saves its allocations. Nothing verify returns refers to
+// the map (an Identity holds the claim strings, never the map), and maps
+// that grew large are left to the GC rather than kept.
+var claimsPool = sync.Pool{New: func() any { return jwt.MapClaims{} }}
+
+// maxPooledClaims bounds the size of a claims map kept in claimsPool.
+const maxPooledClaims = 32
+
 // verify checks a token in full.
 func (v *Verifier) verify(ctx context.Context, rawToken string) (Identity, error) {
-	// Inspect the header ourselves so that alg and crit failures get their
-	// own reason (jwt reports a disallowed alg as a bad signature); the key
-	// function repeats both checks on the header jwt parsed.
-	header, err := decodeHeader(rawToken[:strings.IndexByte(rawToken, '.')])
-	if err != nil {
-		return Identity{}, reject(ReasonMalformed, err)
-	}
-	if err := v.checkHeader(header); err != nil {
-		return Identity{}, err
-	}
-
-	claims := jwt.MapClaims{}
+	claims := claimsPool.Get().(jwt.MapClaims)
+	defer func() {
+		if len(claims) <= maxPooledClaims {
+			clear(claims)
+			claimsPool.Put(claims)
+		}
+	}()
 	token, err := v.parser.ParseWithClaims(rawToken, claims, v.keyfunc(ctx))
 	if err != nil {
 		// Any error means reject (CVE-2024-51744); the reason is a label.
-		return Identity{}, reject(v.classify(err, claims), err)
+		return Identity{}, v.rejection(rawToken, token, claims, err)
 	}
 	if token == nil || !token.Valid {
 		return Identity{}, reject(ReasonInvalid, errNotValid)
@@ -194,17 +197,32 @@ func (v *Verifier) verify(ctx context.Context, rawToken string) (Identity, error
 	return v.identity(claims)
 }
 
-// decodeHeader decodes the JOSE header the way jwt does, strictly.
-func decodeHeader(seg string) (map[string]any, error) {
-	b, err := base64.RawURLEncoding.Strict().DecodeString(seg)
-	if err != nil {
-		return nil, errHeaderEncoding
+// rejection labels a token jwt refused. Faults of the header come first,
+// whatever jwt stumbled on: jwt decodes the header before anything else but
+// then goes on to the claims, and reports an alg outside WithValidMethods as
+// a bad signature. Looking at the header jwt decoded only after it failed
+// costs a valid token nothing.
+func (v *Verifier) rejection(rawToken string, token *jwt.Token, claims jwt.MapClaims, err error) error {
+	switch {
+	case token == nil: // jwt could not split it (not expected: Verify counted the dots)
+		return reject(ReasonMalformed, err)
+	case token.Header == nil: // not canonical base64url, or not a JSON object (null included)
+		seg, _, _ := strings.Cut(rawToken, ".")
+		return reject(ReasonMalformed, headerError(seg))
 	}
-	var h map[string]any
-	if err := json.Unmarshal(b, &h); err != nil || h == nil {
-		return nil, errHeaderJSON
+	if herr := v.checkHeader(token.Header); herr != nil {
+		return herr
 	}
-	return h, nil
+	return reject(v.classify(err, claims), err)
+}
+
+// headerError says which of the two ways a header segment that jwt could
+// not decode into an object went wrong.
+func headerError(seg string) error {
+	if _, err := base64.RawURLEncoding.Strict().DecodeString(seg); err != nil {
+		return errHeaderEncoding
+	}
+	return errHeaderJSON
 }
 
 // checkHeader enforces the alg allow-list and refuses crit: we implement no
@@ -221,7 +239,9 @@ func (v *Verifier) checkHeader(h map[string]any) error {
 }
 
 // keyfunc returns the key for a token only when the token's alg fits the
-// key's type. It never looks at jku, x5u, jwk or x5c.
+// key's type. It never looks at jku, x5u, jwk or x5c. It checks the header
+// before anything else, so that a token with crit gets no key (and no JWKS
+// fetch).
 func (v *Verifier) keyfunc(ctx context.Context) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
 		if t.Method == nil {

@@ -228,6 +228,65 @@ func flipTrailingBit(t *testing.T, seg string) string {
 	return out
 }
 
+// TestVerifyHeaderFaultsFirst: a header's own fault (alg, crit, not an
+// object) is the reason whatever else is wrong with the token, even when
+// jwt gives up on the claims or the signature first.
+func TestVerifyHeaderFaultsFirst(t *testing.T) {
+	t.Parallel()
+	k := keys()
+	v := newVerifier(t, session.Config{HMACSecret: k.hmac})
+	good := fmt.Sprintf(`{"sub":"alice","exp":%d}`, now.Add(time.Hour).Unix())
+	expired := fmt.Sprintf(`{"sub":"alice","exp":%d}`, now.Add(-time.Hour).Unix())
+	// token joins the segments, signing them with key unless sig is given.
+	token := func(header, payloadSeg string, key []byte, sig string) string {
+		in := b64(header) + "." + payloadSeg
+		if sig == "" {
+			s, err := jwt.SigningMethodHS256.Sign(in, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig = base64.RawURLEncoding.EncodeToString(s)
+		}
+		return in + "." + sig
+	}
+	faults := []struct {
+		name    string
+		payload string // encoded segment
+		key     []byte
+		sig     string
+		alone   session.Reason // the reason with a good header
+	}{
+		{"payload not JSON", b64("nope"), k.hmac, "", session.ReasonMalformed},
+		{"payload not base64url", "e30!", k.hmac, "", session.ReasonMalformed},
+		{"payload trailing data", b64(good + "{}"), k.hmac, "", session.ReasonMalformed},
+		{"signature not base64url", b64(good), k.hmac, "$$$", session.ReasonMalformed},
+		{"wrong key", b64(good), k.hmacOther, "", session.ReasonSignature},
+		{"expired", b64(expired), k.hmac, "", session.ReasonExpired},
+	}
+	headers := []struct {
+		header string
+		want   session.Reason // "" means the fault's own reason
+	}{
+		{`{"alg":"HS256"}`, ""},
+		{`{"alg":"none"}`, session.ReasonAlgorithm},
+		{`{"alg":"RS256"}`, session.ReasonAlgorithm},
+		{`{"alg":"HS256","alg":"XYZ"}`, session.ReasonAlgorithm},
+		{`{"alg":"HS256","crit":["exp"]}`, session.ReasonCritical},
+		{`null`, session.ReasonMalformed},
+		{`[]`, session.ReasonMalformed},
+	}
+	for _, h := range headers {
+		for _, f := range faults {
+			want := h.want
+			if want == "" {
+				want = f.alone
+			}
+			_, err := v.Verify(context.Background(), token(h.header, f.payload, f.key, f.sig))
+			t.Run(h.header+" "+f.name, func(t *testing.T) { wantReason(t, err, want) })
+		}
+	}
+}
+
 func TestVerifyMaxTokenBytes(t *testing.T) {
 	t.Parallel()
 	k := keys()
