@@ -23,9 +23,11 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -304,15 +306,15 @@ func (b *Broker) Run(ctx context.Context) error {
 }
 
 // keys are the Redis names of one user's entries; they share a hash tag,
-// so they live in one Cluster slot. The lease name is only needed on a
+// so they live in one Cluster slot. Only the token's name is kept (it is
+// remembered for every cached user); the lease name is only needed on a
 // miss, so it is built then.
 type keys struct {
-	token  string
-	tenant string
-	tag    string
+	token string // qtb:tok:<tenant>:{<hash>}
 }
 
-func (k keys) lease() string { return "qtb:lock:" + k.tenant + k.tag }
+// lease is qtb:lock:<tenant>:{<hash>}.
+func (k keys) lease() string { return "qtb:lock:" + strings.TrimPrefix(k.token, "qtb:tok:") }
 
 // keysFor names the cache entries of one user of one client at one tenant.
 // The user value is HMACed (with the keyring's name key when sealing is on)
@@ -323,8 +325,8 @@ func (b *Broker) keysFor(up *upstream, user qlik.UserLookup) keys {
 	if k, ok := b.names.get(nk); ok {
 		return k
 	}
-	tag := b.hashTag(up.tenant.Credentials.ClientID, user.Field, user.Value, up.tenant.Scope)
-	k := keys{token: "qtb:tok:" + up.tenant.ID + tag, tenant: up.tenant.ID, tag: tag}
+	name := append(append(make([]byte, 0, 8+len(up.tenant.ID)+hashTagLen), "qtb:tok:"...), up.tenant.ID...)
+	k := keys{token: string(b.appendHashTag(name, up.tenant.Credentials.ClientID, user.Field, user.Value, up.tenant.Scope))}
 	b.names.put(nk, k)
 	return k
 }
@@ -356,10 +358,19 @@ func (c *nameCache) put(nk nameKey, k keys) {
 	c.m[nk] = k
 }
 
+// hashTagLen is the length of a hash tag: ":{" + base64 of 32 bytes + "}".
+const hashTagLen = 2 + 43 + 1
+
 // hashTag is ":{<HMAC of parts>}", the part of a key name that identifies
 // a user without revealing them, and pins their keys to one Cluster slot.
-// It runs on every request, so the HMAC states are pooled.
 func (b *Broker) hashTag(parts ...string) string {
+	var buf [hashTagLen]byte
+	return string(b.appendHashTag(buf[:0], parts...))
+}
+
+// appendHashTag appends hashTag(parts...) to dst. The HMAC states are
+// pooled.
+func (b *Broker) appendHashTag(dst []byte, parts ...string) []byte {
 	h := b.hmacs.Get().(hash.Hash)
 	defer b.hmacs.Put(h)
 	h.Reset()
@@ -368,10 +379,9 @@ func (b *Broker) hashTag(parts ...string) string {
 		h.Write([]byte{0})
 	}
 	var sum [sha256.Size]byte
-	var buf [3 + 43]byte // ":{" + base64 of 32 bytes + "}"
-	out := append(buf[:0], ":{"...)
-	out = base64.RawURLEncoding.AppendEncode(out, h.Sum(sum[:0]))
-	return string(append(out, '}'))
+	dst = append(dst, ":{"...)
+	dst = base64.RawURLEncoding.AppendEncode(dst, h.Sum(sum[:0]))
+	return append(dst, '}')
 }
 
 // Token returns a token acting for the identity's Qlik user with at least
@@ -808,8 +818,14 @@ type cached struct {
 
 func (b *Broker) newCached(key string, tok qlik.Token) *cached {
 	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok), jsonHead: renderTokenHead(tok)}
-	if end := accessTokenAt + len(tok.AccessToken); len(c.jsonHead) > end && string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {
-		c.text = c.jsonHead[accessTokenAt:end:end] // written unescaped: share it
+	if end := accessTokenAt + len(tok.AccessToken); len(tok.AccessToken) > 0 && len(c.jsonHead) > end &&
+		string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {
+		// The token is in the answer unescaped (every JWT is): the text
+		// answer and the token itself are that part of it, so each cached
+		// user holds the token's bytes once, not three times. Nothing
+		// writes to jsonHead once it is rendered.
+		c.text = c.jsonHead[accessTokenAt:end:end]
+		c.tok.AccessToken = unsafe.String(unsafe.SliceData(c.text), len(c.text))
 	} else {
 		c.text = []byte(tok.AccessToken)
 	}

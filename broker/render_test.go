@@ -40,6 +40,9 @@ func checkRendered(t testing.TB, tok qlik.Token, expiresIn int64) {
 	if string(c.text) != tok.AccessToken {
 		t.Fatalf("text answer = %q, want %q", c.text, tok.AccessToken)
 	}
+	if c.tok.AccessToken != tok.AccessToken || c.tok.Scope != tok.Scope || !c.tok.ExpiresAt.Equal(tok.ExpiresAt) {
+		t.Fatalf("cached token %+v, want %+v", c.tok, tok)
+	}
 }
 
 func TestRenderedAnswerMatchesEncodingJSON(t *testing.T) {
