@@ -70,6 +70,7 @@ type options struct {
 	warmConc    int
 	serverProcs int
 	genProcs    int
+	pin         bool
 	goBench     bool
 	benchTime   string
 	only        map[string]bool // nil: everything
@@ -100,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.warmConc, "warm-concurrency", 32, "concurrent first requests when warming caches")
 	fs.IntVar(&o.serverProcs, "server-procs", 0, "GOMAXPROCS of broker and baseline processes (0: Go's default, nproc)")
 	fs.IntVar(&o.genProcs, "gen-procs", 0, "GOMAXPROCS of this generator (0: Go's default, nproc)")
+	fs.BoolVar(&o.pin, "pin", false, "pin servers and redis-server to CPU 0 and this generator to the other CPUs (taskset), so neither side's latency is the other's scheduling; GOMAXPROCS follows")
 	fs.BoolVar(&o.goBench, "gobench", true, "also run the testing.B benchmarks of session, cache and broker")
 	fs.StringVar(&o.benchTime, "benchtime", "1s", "-benchtime for the testing.B benchmarks")
 	serverEnv := fs.String("server-env", "", "extra environment of broker and baseline processes, comma-separated KEY=VALUE (e.g. GOGC=400)")
@@ -197,6 +199,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.genProcs > 0 {
 		runtime.GOMAXPROCS(o.genProcs)
 	}
+	if o.pin {
+		if _, err := pinCPUs(o.genProcs); err != nil {
+			return err
+		}
+	}
 	r, err := measureAll(ctx, o, stderr)
 	if r == nil || (err != nil && len(r.Scenarios) == 0) {
 		return err // nothing measured: keep any earlier results
@@ -287,6 +294,7 @@ func measureAll(ctx context.Context, o options, log io.Writer) (*Results, error)
 			ServerGOMAXPROCS:    o.serverProcs,
 			ServerEnv:           o.serverEnv,
 			GeneratorGOMAXPROCS: runtime.GOMAXPROCS(0),
+			ServerCPUs:          serverCPUs,
 			Sealed:              true,
 			Note: "generator (vegeta + in-process fake tenant), servers and redis-server share the machine's CPUs; " +
 				"latency includes the generator's own scheduling",

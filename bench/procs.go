@@ -77,7 +77,7 @@ type proc struct {
 // startServer runs bin with args and env and waits for its JSON
 // `"msg":"listening"` line on stderr, which names the bound addresses.
 func startServer(ctx context.Context, name, bin string, args, env []string) (*proc, error) {
-	cmd := exec.Command(bin, args...)
+	cmd := command(bin, args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the generator
 	stderr, err := cmd.StderrPipe()
@@ -266,7 +266,7 @@ func startRedis(ctx context.Context, dir string) (*redisServer, error) {
 			return nil, err
 		}
 		r := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), log: newTail(32), exited: make(chan struct{})}
-		r.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		r.cmd = command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", dir)
 		r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 		r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

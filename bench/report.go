@@ -97,6 +97,9 @@ func renderTables(r *Results, imgRel string) string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	m, st := r.Machine, r.Settings
 	procs := "Go default (= nproc)"
+	if st.ServerCPUs != "" {
+		procs = "Go default (= the CPUs it is pinned to)"
+	}
 	if st.ServerGOMAXPROCS > 0 {
 		procs = fmt.Sprint(st.ServerGOMAXPROCS)
 	}
@@ -104,6 +107,11 @@ func renderTables(r *Results, imgRel string) string {
 	w("| CPU | %s, nproc %d |\n", m.CPUModel, m.NumCPU)
 	w("| Go | %s |\n| kernel | %s |\n| Redis | %s |\n", m.GoVersion, m.Kernel, m.RedisVersion)
 	w("| GOMAXPROCS | broker and baseline processes: %s; generator: %d |\n", procs, st.GeneratorGOMAXPROCS)
+	if st.ServerCPUs != "" {
+		w("| CPU pinning | servers and redis-server on CPU %s (`taskset`), the generator on the others |\n", st.ServerCPUs)
+	} else {
+		w("| CPU pinning | none: generator, servers and redis-server share every CPU |\n")
+	}
 	if len(st.ServerEnv) > 0 {
 		w("| server env | `%s` |\n", strings.Join(st.ServerEnv, " "))
 	}

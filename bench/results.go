@@ -46,6 +46,9 @@ type Settings struct {
 	// (0 in ServerGOMAXPROCS: not set, the Go default of nproc).
 	ServerGOMAXPROCS    int `json:"server_gomaxprocs"`
 	GeneratorGOMAXPROCS int `json:"generator_gomaxprocs"`
+	// ServerCPUs is the CPU list servers and redis-server were pinned to
+	// (taskset -c); the generator had the others. Empty: not pinned.
+	ServerCPUs string `json:"server_cpus,omitempty"`
 	// ServerEnv is extra environment given to every server process.
 	ServerEnv []string `json:"server_env,omitempty"`
 	BodyBytes int      `json:"token_body_bytes"`
