@@ -819,7 +819,7 @@ func TestDefaults(t *testing.T) {
 	}
 
 	r := c.Resources
-	if r.Requests.Cpu().String() != "50m" || r.Requests.Memory().String() != "64Mi" || r.Limits.Memory().String() != "256Mi" {
+	if r.Requests.Cpu().String() != "50m" || r.Requests.Memory().String() != "64Mi" || r.Limits.Memory().String() != "384Mi" {
 		t.Errorf("resources %v", r)
 	}
 
