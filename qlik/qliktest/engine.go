@@ -30,14 +30,8 @@ type EngineReply struct {
 // checked again while the socket is open. A binary message closes the socket
 // with 1003; Close drops open sockets without a close frame.
 func (t *Tenant) handleEngine(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearerToken(r)
+	u, ok := t.bearerUser(w, r)
 	if !ok {
-		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "A bearer token is required.")
-		return
-	}
-	u, err := t.TokenUser(token)
-	if err != nil {
-		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "The access token is invalid, expired or revoked.")
 		return
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {

@@ -91,17 +91,27 @@ func (t *Tenant) botUserLocked(clientID string) *User {
 	return t.users[t.subjects[subject]]
 }
 
-// handleUsersMe answers GET /api/v1/users/me with the user the bearer token
-// acts for. Any valid token will do: no admin scope is needed.
-func (t *Tenant) handleUsersMe(w http.ResponseWriter, r *http.Request) {
+// bearerUser returns the user the request's bearer token acts for, or
+// answers 401 with the errors body and returns false.
+func (t *Tenant) bearerUser(w http.ResponseWriter, r *http.Request) (User, bool) {
 	token, ok := bearerToken(r)
 	if !ok {
 		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "A bearer token is required.")
-		return
+		return User{}, false
 	}
 	u, err := t.TokenUser(token)
 	if err != nil {
 		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "The access token is invalid, expired or revoked.")
+		return User{}, false
+	}
+	return u, true
+}
+
+// handleUsersMe answers GET /api/v1/users/me with the user the bearer token
+// acts for. Any valid token will do: no admin scope is needed.
+func (t *Tenant) handleUsersMe(w http.ResponseWriter, r *http.Request) {
+	u, ok := t.bearerUser(w, r)
+	if !ok {
 		return
 	}
 	writeJSON(w, http.StatusOK, u)
