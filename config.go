@@ -58,6 +58,8 @@ type config struct {
 	UpstreamConcurrency     int
 	UpstreamRate            float64
 	UpstreamBurst           int
+	UpstreamSharedRate      float64
+	UpstreamSharedBurst     int
 	UpstreamRetries         int
 	UpstreamBreakerFailures int
 	UpstreamBreakerOpen     time.Duration
@@ -125,6 +127,7 @@ func defaultConfig() config {
 		Scope:                   "user_default",
 		UpstreamTimeout:         10 * time.Second,
 		UpstreamConcurrency:     8,
+		UpstreamSharedBurst:     5,
 		UpstreamRetries:         2,
 		UpstreamBreakerFailures: 5,
 		UpstreamBreakerOpen:     30 * time.Second,
@@ -181,6 +184,8 @@ func (c *config) settings() []setting {
 		{"QTB_UPSTREAM_CONCURRENCY", "most token calls in flight to the tenant from this replica; more wait", (*intValue)(&c.UpstreamConcurrency)},
 		{"QTB_UPSTREAM_RATE", "token calls per minute this replica may make to the tenant (0: unlimited); Qlik allows about 100 per tenant", (*floatValue)(&c.UpstreamRate)},
 		{"QTB_UPSTREAM_BURST", "token calls that may go out at once under QTB_UPSTREAM_RATE (default: QTB_UPSTREAM_CONCURRENCY)", (*intValue)(&c.UpstreamBurst)},
+		{"QTB_UPSTREAM_SHARED_RATE", "token calls per minute all replicas together may make to each tenant, counted in Redis (0: off; e.g. 90 under Qlik's 100); while Redis fails only the per-replica limits hold", (*floatValue)(&c.UpstreamSharedRate)},
+		{"QTB_UPSTREAM_SHARED_BURST", "token calls that may go out at once under QTB_UPSTREAM_SHARED_RATE; a tenant sees at most rate + burst calls in any minute", (*intValue)(&c.UpstreamSharedBurst)},
 		{"QTB_UPSTREAM_RETRIES", "retries of a token call after a 5xx, timeout or connection failure (0: none)", (*intValue)(&c.UpstreamRetries)},
 		{"QTB_UPSTREAM_BREAKER_FAILURES", "consecutive tenant failures that open its circuit breaker", (*intValue)(&c.UpstreamBreakerFailures)},
 		{"QTB_UPSTREAM_BREAKER_OPEN", "how long an open breaker refuses calls before probing the tenant", (*durationValue)(&c.UpstreamBreakerOpen)},
@@ -362,6 +367,17 @@ func (c config) validate() error {
 	if c.UpstreamBurst < 0 {
 		add("QTB_UPSTREAM_BURST", "must not be negative")
 	}
+	switch r := c.UpstreamSharedRate; {
+	case r < 0:
+		add("QTB_UPSTREAM_SHARED_RATE", "must not be negative")
+	case r > 0 && (r < 0.01 || r > 1e6):
+		add("QTB_UPSTREAM_SHARED_RATE", "must be 0 (off) or between 0.01 and 1000000 calls a minute, got %v", r)
+	case r > 0 && !c.redisEnabled():
+		add("QTB_UPSTREAM_SHARED_RATE", "is counted in Redis: needs QTB_REDIS_URL (or QTB_REDIS_ADDRS)")
+	}
+	if c.UpstreamSharedBurst < 1 || c.UpstreamSharedBurst > 1000 {
+		add("QTB_UPSTREAM_SHARED_BURST", "must be between 1 and 1000, got %d", c.UpstreamSharedBurst)
+	}
 	if c.UpstreamRetries < 0 || c.UpstreamRetries > 10 {
 		add("QTB_UPSTREAM_RETRIES", "must be between 0 and 10, got %d", c.UpstreamRetries)
 	}
@@ -524,6 +540,8 @@ func (c config) upstreamConfig() broker.UpstreamConfig {
 		Concurrency:     c.UpstreamConcurrency,
 		Rate:            c.UpstreamRate / 60,
 		Burst:           c.UpstreamBurst,
+		SharedRate:      c.UpstreamSharedRate,
+		SharedBurst:     c.UpstreamSharedBurst,
 		Retries:         retries,
 		BreakerFailures: uint32(c.UpstreamBreakerFailures),
 		BreakerOpen:     c.UpstreamBreakerOpen,

@@ -121,7 +121,9 @@ type Config struct {
 	// L1TTL caps how long a token stays in L1 when Shared is set, bounding
 	// how stale a replica can be if it misses an invalidation. Default 5m.
 	L1TTL time.Duration
-	// Shared is Redis, or nil to run on L1 alone.
+	// Shared is Redis, or nil to run on L1 alone. When it is also a
+	// SharedLimiter (as *cache.Redis is), Upstream.SharedRate is counted
+	// there.
 	Shared Shared
 	// Keyring seals values in Shared and keys the HMAC of key names. Nil
 	// stores plaintext and names keys by a plain SHA-256.
@@ -168,6 +170,7 @@ type Broker struct {
 	names        nameCache
 	l1TTL        time.Duration
 	shared       Shared
+	limiter      SharedLimiter // nil: no shared rate limit
 	keyring      *cache.Keyring
 	nameKey      []byte
 	m            *metrics.Metrics
@@ -234,6 +237,13 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if b.m == nil {
 		errs = append(errs, errors.New("broker: metrics is nil"))
+	}
+	if b.upstreamCfg.SharedRate > 0 {
+		if l, ok := b.shared.(SharedLimiter); ok {
+			b.limiter = l
+		} else {
+			errs = append(errs, errors.New("broker: a shared upstream rate needs a Shared store that is a SharedLimiter (Redis)"))
+		}
 	}
 	if b.refreshAhead <= b.minTTL {
 		errs = append(errs, fmt.Errorf("broker: refresh-ahead window %s must exceed the minimum token TTL %s", b.refreshAhead, b.minTTL))

@@ -34,6 +34,8 @@ type deployment struct {
 	redis    *redistest.Server
 	keyring  *cache.Keyring
 	replicas []*env
+	// tune, when set, adjusts the Config of replicas added after.
+	tune func(*broker.Config)
 }
 
 func newKeyring(t *testing.T, ids ...string) *cache.Keyring {
@@ -76,7 +78,7 @@ func newDeployment(t *testing.T, replicas int, keyring *cache.Keyring, tenantOpt
 func (d *deployment) add(keyring *cache.Keyring) *env {
 	d.t.Helper()
 	e := newEnv(d.t, envOptions{
-		clock: d.clock, tenant: d.tenant, keyring: keyring,
+		clock: d.clock, tenant: d.tenant, keyring: keyring, tune: d.tune,
 		shared: newRedisClient(d.t, cache.RedisOptions{URL: d.redis.URL()}),
 	})
 	d.replicas = append(d.replicas, e)

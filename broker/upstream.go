@@ -27,11 +27,22 @@ type UpstreamConfig struct {
 	// process; more wait in a queue up to their deadline. Default 8.
 	Concurrency int
 	// Rate, when positive, is the token calls per second this process may
-	// make to the tenant (a token bucket); 0 means unlimited. With N
-	// replicas set it to the tenant's allowance divided by N.
+	// make to the tenant (a token bucket); 0 means unlimited. It holds
+	// without Redis; SharedRate is the tenant-wide limit.
 	Rate float64
 	// Burst is the token bucket's size. Default: Concurrency.
 	Burst int
+	// SharedRate, when positive, is the token calls per minute all
+	// replicas together may make to the tenant, counted in Redis (the
+	// Shared store, which must implement SharedLimiter). A call waits for
+	// room up to its deadline; one that would find none gets a 503. While
+	// Redis fails, only the per-process limits hold: issuing goes on.
+	// 0 turns it off.
+	SharedRate float64
+	// SharedBurst is how many calls SharedRate lets out at once after a
+	// quiet spell: in any minute the tenant sees at most SharedRate +
+	// SharedBurst calls. Default 5.
+	SharedBurst int
 	// Retries is how many times a call that failed with a 5xx, a timeout
 	// or a connection error is retried, with full-jitter exponential
 	// back-off inside the request's deadline. Default 2; -1 for none.
@@ -57,6 +68,9 @@ func (c UpstreamConfig) withDefaults() UpstreamConfig {
 	if c.Burst <= 0 {
 		c.Burst = c.Concurrency
 	}
+	if c.SharedBurst <= 0 {
+		c.SharedBurst = 5
+	}
 	if c.Retries == 0 {
 		c.Retries = 2
 	}
@@ -71,6 +85,15 @@ func (c UpstreamConfig) withDefaults() UpstreamConfig {
 	c.CooldownMax = orDefault(c.CooldownMax, 10*time.Minute)
 	return c
 }
+
+// SharedLimiter is a rate limit the replicas share. Allow takes one call
+// from the limit named key, or reports how long until one could be taken.
+// *cache.Redis is the implementation.
+type SharedLimiter interface {
+	Allow(ctx context.Context, key string, perMinute float64, burst int) (allowed bool, retryAfter time.Duration, err error)
+}
+
+var _ SharedLimiter = (*cache.Redis)(nil)
 
 // UnavailableError is a token request refused because the tenant may not
 // be asked now; the caller should retry after RetryAfter.
@@ -101,8 +124,8 @@ var (
 )
 
 // upstream guards one tenant's token endpoint: cooldown after 429,
-// retries, a circuit breaker, a concurrency bound, a rate limit, and
-// secret rotation on 401.
+// retries, a circuit breaker, a concurrency bound, rate limits (this
+// process's and the replicas' shared one), and secret rotation on 401.
 type upstream struct {
 	b      *Broker
 	tenant Tenant
@@ -258,15 +281,16 @@ func (u *upstream) backoff(ctx context.Context, attempt int) bool {
 	}
 }
 
-// acquire takes a concurrency slot and a rate token, or gives up with a 503
-// once ctx's deadline would pass first.
+// acquire takes a concurrency slot and a rate token (this process's, then
+// the shared one), or gives up with a 503 once ctx's deadline would pass
+// first.
 func (u *upstream) acquire(ctx context.Context) (release func(), err error) {
 	start := time.Now()
 	defer func() { u.b.m.UpstreamQueueWait.WithLabelValues(u.tenant.ID).Observe(time.Since(start).Seconds()) }()
 	select {
 	case u.slots <- struct{}{}:
 	case <-ctx.Done():
-		return nil, u.queueTimeout(ctx.Err())
+		return nil, u.queueTimeout(ctx.Err(), 0)
 	}
 	release = func() { <-u.slots }
 	if err := u.wait(ctx); err != nil {
@@ -281,10 +305,11 @@ func (u *upstream) acquire(ctx context.Context) (release func(), err error) {
 // out at the tenant instead of getting a clean 503.
 const callMargin = 250 * time.Millisecond
 
-// wait takes a rate token, failing at once when it could not come before
-// ctx's deadline (less callMargin).
+// wait takes a rate token for one call (retries included): this process's,
+// then the replicas' shared one. It fails at once when a token could not
+// come before ctx's deadline (less callMargin).
 func (u *upstream) wait(ctx context.Context) error {
-	if u.limiter == nil {
+	if u.limiter == nil && u.b.limiter == nil {
 		return nil
 	}
 	if deadline, ok := ctx.Deadline(); ok {
@@ -292,15 +317,58 @@ func (u *upstream) wait(ctx context.Context) error {
 		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-callMargin))
 		defer cancel()
 	}
-	if err := u.limiter.Wait(ctx); err != nil {
-		return u.queueTimeout(err)
+	if u.limiter != nil {
+		if err := u.limiter.Wait(ctx); err != nil {
+			return u.queueTimeout(err, 0)
+		}
 	}
-	return nil
+	return u.waitShared(ctx)
 }
 
-func (u *upstream) queueTimeout(err error) error {
+// errSharedRate is why a call refused by the shared rate limit was not made.
+var errSharedRate = errors.New("broker: the tenant's shared rate limit has no room before the deadline")
+
+// waitShared takes a call from the rate limit the replicas share in Redis,
+// waiting as long as Redis says and asking again, unless the wait would
+// pass ctx's deadline. When Redis fails it lets the call go: the local
+// limits still hold, and a Redis outage must not stop token issuing.
+func (u *upstream) waitShared(ctx context.Context) error {
+	if u.b.limiter == nil {
+		return nil
+	}
+	for {
+		ok, retry, err := u.b.limiter.Allow(ctx, u.rateKey(), u.cfg.SharedRate, u.cfg.SharedBurst)
+		switch {
+		case ctx.Err() != nil:
+			return u.queueTimeout(ctx.Err(), retry)
+		case err != nil:
+			u.b.redisError(ctx, "rate", err)
+			return nil
+		case ok:
+			return nil
+		}
+		retry = max(retry, 10*time.Millisecond) // never a busy loop on Redis
+		if deadline, has := ctx.Deadline(); has && time.Until(deadline) < retry {
+			return u.queueTimeout(errSharedRate, retry)
+		}
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return u.queueTimeout(ctx.Err(), retry)
+		case <-t.C:
+		}
+	}
+}
+
+// rateKey is the Redis key of the tenant's shared rate limit.
+func (u *upstream) rateKey() string { return "qtb:rate:" + u.tenant.ID }
+
+// queueTimeout is the 503 for a call that could not leave the queue in
+// time. Its Retry-After is at least atLeast (the shared limit's own wait).
+func (u *upstream) queueTimeout(err error, atLeast time.Duration) error {
 	u.b.m.Rejections.WithLabelValues(metrics.RejectQueueTimeout).Inc()
-	retry := 5 * time.Second
+	retry := max(5*time.Second, atLeast)
 	if u.cfg.Rate > 0 {
 		retry = max(retry, time.Duration(float64(u.cfg.Concurrency)/u.cfg.Rate*float64(time.Second)))
 	}

@@ -8,7 +8,8 @@
 // sealing values at rest (AES-256-GCM, bound to their key names), leases
 // (Redis.TryLock) so one replica refreshes a token while others wait,
 // invalidation broadcasts (Redis.PublishInvalidation) so replicas drop
-// in-process copies, and a circuit breaker so a dead Redis costs callers an
+// in-process copies, a rate limit all replicas share (Redis.Allow, one key
+// per limit: the broker's is qtb:rate:<tenant>), and a circuit breaker so a dead Redis costs callers an
 // immediate ErrUnavailable rather than a timeout each.
 //
 // # Redis topologies and hash tags

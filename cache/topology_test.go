@@ -43,6 +43,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("Leases", func(t *testing.T) { runLeaseTests(t, viaURL) })
 	t.Run("Invalidations", func(t *testing.T) { runInvalidationTests(t, viaAddrs) })
 	t.Run("ScriptOverOneHashTag", func(t *testing.T) { testScriptOverOneHashTag(t, viaAddrs(t)) })
+	t.Run("RateLimits", func(t *testing.T) { runRateTests(t, viaAddrs) })
 	t.Run("InvalidationsFromEveryNode", func(t *testing.T) {
 		sub := subscribe(t, viaAddrs(t))
 		for i, node := range c.Nodes() {

@@ -173,17 +173,23 @@ func metricNames(exprs ...string) []string {
 // helmBin finds helm, or skips the test.
 func helmBin(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("QTB_HELM"); p != "" {
+	return toolBin(t, "QTB_HELM", "helm", "helm.sh/helm/v3/cmd/helm@v3.22.0")
+}
+
+// toolBin finds a command from $env or the PATH, or skips the test saying
+// how to install it (the Go package pkg).
+func toolBin(t *testing.T, env, name, pkg string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("QTB_HELM=%s: %v", p, err)
+			t.Fatalf("%s=%s: %v", env, p, err)
 		}
 		return p
 	}
-	if p, err := exec.LookPath("helm"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
-	t.Skip("helm not found: set QTB_HELM or put helm on the PATH " +
-		"(GOBIN=<dir> go install helm.sh/helm/v3/cmd/helm@v3.22.0)")
+	t.Skipf("%s not found: set %s or put %s on the PATH (GOBIN=<dir> go install %s)", name, env, name, pkg)
 	return ""
 }
 
@@ -748,6 +754,7 @@ func TestRefusedValues(t *testing.T) {
 			"OTEL_EXPORTER_OTLP_HEADERS: credentials in the pod spec"},
 		"otlp endpoint with password": {[]string{"--set", "tracing.otlpEndpoint=https://u:s3cret@collector:4318"}, "/tracing/otlpEndpoint"},
 		"redis password, no url":      {[]string{"--set", "redis.existingSecret=r"}, "redis.existingSecret needs redis.url"},
+		"shared rate, no redis":       {[]string{"--set", "config.upstreamSharedRate=90"}, "config.upstreamSharedRate is counted in Redis"},
 		"password in redis url query": {[]string{"--set", "redis.url=redis://sentinel:26379?master_name=m&password=s3cret"},
 			"at '/redis/url': 'not' failed"},
 		"redis addrs, standalone": {[]string{"--set", "redis.addrs[0]=redis-1:6379"}, "standalone takes redis.url only"},
@@ -1104,6 +1111,8 @@ func TestAllOptions(t *testing.T) {
 		"QTB_UPSTREAM_CONCURRENCY":      "12",
 		"QTB_UPSTREAM_RATE":             "7.5",
 		"QTB_UPSTREAM_BURST":            "4",
+		"QTB_UPSTREAM_SHARED_RATE":      "85.5",
+		"QTB_UPSTREAM_SHARED_BURST":     "8",
 		"QTB_UPSTREAM_RETRIES":          "0",
 		"QTB_UPSTREAM_BREAKER_FAILURES": "3",
 		"QTB_UPSTREAM_BREAKER_OPEN":     "45s",

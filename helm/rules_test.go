@@ -19,18 +19,7 @@ import (
 
 func promtoolBin(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("QTB_PROMTOOL"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("QTB_PROMTOOL=%s: %v", p, err)
-		}
-		return p
-	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	t.Skip("promtool not found: set QTB_PROMTOOL or put promtool on the PATH " +
-		"(GOBIN=<dir> go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0)")
-	return ""
+	return toolBin(t, "QTB_PROMTOOL", "promtool", "github.com/prometheus/prometheus/cmd/promtool@v0.316.0")
 }
 
 // alertCase is one alert's expression evaluated on input series, which
