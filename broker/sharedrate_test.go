@@ -106,6 +106,13 @@ func TestSharedUpstreamRate(t *testing.T) {
 	if ok <= burst {
 		t.Fatalf("served %d, want more than the burst of %d: a refused caller that waits for room gets through", ok, burst)
 	}
+	var refused float64
+	for _, r := range d.replicas {
+		refused += testutil.ToFloat64(r.metrics.Rejections.WithLabelValues(metrics.RejectSharedRate))
+	}
+	if int(refused) != len(busy) {
+		t.Fatalf("%v refusals counted as %s, want %d", refused, metrics.RejectSharedRate, len(busy))
+	}
 }
 
 // TestSharedUpstreamRateFailsOpen: with Redis down the shared limit is not

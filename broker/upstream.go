@@ -340,7 +340,7 @@ func (u *upstream) waitShared(ctx context.Context) error {
 		ok, retry, err := u.b.limiter.Allow(ctx, u.rateKey(), u.cfg.SharedRate, u.cfg.SharedBurst)
 		switch {
 		case ctx.Err() != nil:
-			return u.queueTimeout(ctx.Err(), retry)
+			return u.refuse(metrics.RejectSharedRate, ctx.Err(), retry)
 		case err != nil:
 			u.b.redisError(ctx, "rate", err)
 			return nil
@@ -349,13 +349,13 @@ func (u *upstream) waitShared(ctx context.Context) error {
 		}
 		retry = max(retry, 10*time.Millisecond) // never a busy loop on Redis
 		if deadline, has := ctx.Deadline(); has && time.Until(deadline) < retry {
-			return u.queueTimeout(errSharedRate, retry)
+			return u.refuse(metrics.RejectSharedRate, errSharedRate, retry)
 		}
 		t := time.NewTimer(retry)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return u.queueTimeout(ctx.Err(), retry)
+			return u.refuse(metrics.RejectSharedRate, ctx.Err(), retry)
 		case <-t.C:
 		}
 	}
@@ -367,12 +367,19 @@ func (u *upstream) rateKey() string { return "qtb:rate:" + u.tenant.ID }
 // queueTimeout is the 503 for a call that could not leave the queue in
 // time. Its Retry-After is at least atLeast (the shared limit's own wait).
 func (u *upstream) queueTimeout(err error, atLeast time.Duration) error {
-	u.b.m.Rejections.WithLabelValues(metrics.RejectQueueTimeout).Inc()
+	return u.refuse(metrics.RejectQueueTimeout, err, atLeast)
+}
+
+// refuse is a 503 for a call that could not leave the queue in time, by
+// cause: this process's slots and rate (queue_timeout) or the replicas'
+// shared rate (shared_rate); both are upstream_busy to the caller.
+func (u *upstream) refuse(cause string, err error, atLeast time.Duration) error {
+	u.b.m.Rejections.WithLabelValues(cause).Inc()
 	retry := max(5*time.Second, atLeast)
 	if u.cfg.Rate > 0 {
 		retry = max(retry, time.Duration(float64(u.cfg.Concurrency)/u.cfg.Rate*float64(time.Second)))
 	}
-	return &UnavailableError{Cause: metrics.RejectQueueTimeout, RetryAfter: retry, Err: err}
+	return &UnavailableError{Cause: cause, RetryAfter: retry, Err: err}
 }
 
 func (u *upstream) breakerOpen(err error) error {

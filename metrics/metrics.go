@@ -59,6 +59,7 @@ const (
 	RejectCooldown      = "cooldown"        // the tenant answered 429; waiting out Retry-After
 	RejectBreakerOpen   = "breaker_open"    // the tenant keeps failing; not asked for a while
 	RejectQueueTimeout  = "queue_timeout"   // no upstream slot or rate token before the deadline
+	RejectSharedRate    = "shared_rate"     // the replicas' shared rate limit had no room before the deadline
 	RejectUserRateLimit = "user_rate_limit" // one identity asked too often
 	RejectUnknownUser   = "unknown_user"    // the tenant does not know the Qlik user
 	RejectInvalidClient = "invalid_client"  // the tenant refused the broker's client credentials
@@ -201,7 +202,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}, []string{"op"}),
 		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "rejections_total",
-			Help: "Token requests refused by cause (cooldown, breaker_open, queue_timeout, user_rate_limit, unknown_user, invalid_client).",
+			Help: "Token requests refused by cause (cooldown, breaker_open, queue_timeout, shared_rate, user_rate_limit, unknown_user, invalid_client).",
 		}, []string{"cause"}),
 		UpstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "upstream", Name: "retries_total",
