@@ -150,17 +150,11 @@ func TestRedisSentinelAuth(t *testing.T) {
 			o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
 			r := newTestRedis(t, o)
 			err := r.Ping(t.Context())
-			switch {
-			case tt.wantErr == "" && err != nil:
-				t.Fatalf("Ping: %v", err)
-			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
-				t.Fatalf("Ping = %v, want an error containing %q", err, tt.wantErr)
-			case err != nil && strings.Contains(err.Error(), "s3cret"):
-				t.Fatalf("error %q contains a password", err)
-			case err != nil && strings.Contains(tt.wantErr, "NOAUTH") && tt.opts.SentinelPassword == "" &&
-				!strings.Contains(err.Error(), "sentinels"):
-				t.Fatalf("error %q does not say the sentinels refused", err)
-			case err != nil:
+			checkPing(t, err, tt.wantErr)
+			if err != nil {
+				if strings.Contains(tt.wantErr, "NOAUTH") && tt.opts.SentinelPassword == "" && !strings.Contains(err.Error(), "sentinels") {
+					t.Fatalf("error %q does not say the sentinels refused", err)
+				}
 				return
 			}
 			key := "qtb:tok:t:{" + strings.ReplaceAll(tt.name, " ", "-") + "}"
@@ -213,16 +207,22 @@ func TestRedisTLS(t *testing.T) {
 			opts := tt.opts
 			// TLS handshakes on a loaded machine outlast the 500ms defaults.
 			opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
-			err := newTestRedis(t, opts).Ping(t.Context())
-			switch {
-			case tt.wantErr == "" && err != nil:
-				t.Fatalf("Ping: %v", err)
-			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
-				t.Fatalf("Ping = %v, want an error containing %q", err, tt.wantErr)
-			case err != nil && strings.Contains(err.Error(), "s3cret"):
-				t.Fatalf("error %q contains the password", err)
-			}
+			checkPing(t, newTestRedis(t, opts).Ping(t.Context()), tt.wantErr)
 		})
+	}
+}
+
+// checkPing checks a Ping's error: none when wantErr is empty, else one
+// containing wantErr; never one that contains a test password (s3cret).
+func checkPing(t *testing.T, err error, wantErr string) {
+	t.Helper()
+	switch {
+	case wantErr == "" && err != nil:
+		t.Fatalf("Ping: %v", err)
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Fatalf("Ping = %v, want an error containing %q", err, wantErr)
+	case err != nil && strings.Contains(err.Error(), "s3cret"):
+		t.Fatalf("error %q contains a password", err)
 	}
 }
 
