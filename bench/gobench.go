@@ -13,7 +13,7 @@ import (
 // goBenchPattern selects the testing.B benchmarks the suite reports:
 // session verification per algorithm, sealing, the L1 map, and the broker's in-process
 // handler (no network) for comparison with the end-to-end figures.
-const goBenchPattern = "BenchmarkVerify|BenchmarkSeal|BenchmarkOpen|BenchmarkMemory|BenchmarkToken"
+const goBenchPattern = "BenchmarkVerify|BenchmarkSeal|BenchmarkOpen|BenchmarkMemory|BenchmarkToken|BenchmarkKeyName"
 
 var goBenchPackages = []string{"./session", "./cache", "./broker"}
 

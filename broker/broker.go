@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"hash"
 	"hash/fnv"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -384,10 +383,14 @@ func (b *Broker) appendHashTag(dst []byte, parts ...string) []byte {
 	h := b.hmacs.Get().(hash.Hash)
 	defer b.hmacs.Put(h)
 	h.Reset()
+	// One Write of the parts, each ended by a 0 byte: writing them one by
+	// one would copy each string (hmac has no WriteString).
+	var buf [256]byte
+	msg := buf[:0]
 	for _, part := range parts {
-		io.WriteString(h, part)
-		h.Write([]byte{0})
+		msg = append(append(msg, part...), 0)
 	}
+	h.Write(msg)
 	var sum [sha256.Size]byte
 	dst = append(dst, ":{"...)
 	dst = base64.RawURLEncoding.AppendEncode(dst, h.Sum(sum[:0]))
