@@ -74,7 +74,9 @@ func (o *adminOptions) register(fs *flag.FlagSet) {
 
 // adminAPI is an authenticated session on a tenant's admin APIs.
 type adminAPI struct {
-	qlik   *qlik.Client
+	qlik  *qlik.Client
+	admin *qlik.Admin // the admin APIs, called with bearer
+	// bearer is the admin token; it is kept here only for close.
 	bearer secret
 	// minted holds the admin client's credentials when this run minted
 	// bearer, so close can revoke it; nil for a token given by the caller.
@@ -112,7 +114,8 @@ func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (
 		if err != nil {
 			return nil, err
 		}
-		return &adminAPI{qlik: client, bearer: tok}, nil
+		admin := client.Admin(qlik.StaticTokenSource(&qlik.Token{AccessToken: string(tok)}))
+		return &adminAPI{qlik: client, admin: admin, bearer: tok}, nil
 	}
 	if !useClient {
 		return nil, errors.New("admin credentials are required: --admin-client-id with --admin-client-secret-file " +
@@ -131,7 +134,8 @@ func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (
 	if err != nil {
 		return nil, fmt.Errorf("admin client %s: %w", id, explain(err))
 	}
-	return &adminAPI{qlik: client, bearer: secret(tok.AccessToken), minted: &creds}, nil
+	admin := client.Admin(qlik.StaticTokenSource(tok))
+	return &adminAPI{qlik: client, admin: admin, bearer: secret(tok.AccessToken), minted: &creds}, nil
 }
 
 // pickSecret reads a secret from the file named by flagPath, else from
@@ -176,7 +180,7 @@ func (a *adminAPI) close(ctx context.Context) {
 // client does not say and setting it when it differs.
 func ensureConsent(ctx context.Context, api *adminAPI, c *qlik.OAuthClient, want string) error {
 	if c.ConsentMethod == "" {
-		m, err := api.qlik.GetConsent(ctx, string(api.bearer), c.ClientID)
+		m, err := api.admin.GetConsent(ctx, c.ClientID)
 		if err != nil {
 			return err
 		}
@@ -185,7 +189,7 @@ func ensureConsent(ctx context.Context, api *adminAPI, c *qlik.OAuthClient, want
 	if c.ConsentMethod == want {
 		return nil
 	}
-	if err := api.qlik.SetConsent(ctx, string(api.bearer), c.ClientID, want); err != nil {
+	if err := api.admin.SetConsent(ctx, c.ClientID, want); err != nil {
 		return err
 	}
 	c.ConsentMethod = want
@@ -457,19 +461,19 @@ type clientCommand struct {
 
 var clientCommands = map[string]clientCommand{
 	"list": {run: func(ctx context.Context, api *adminAPI, _ []string, _ clientFlags, out *clientsOutput) error {
-		cs, err := api.qlik.ListOAuthClients(ctx, string(api.bearer), qlik.ListOptions{})
+		cs, err := api.admin.ListOAuthClients(ctx, qlik.ListOptions{})
 		if err != nil {
 			return err
 		}
 		return out.list(cs)
 	}},
 	"get": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
-		c, err := api.qlik.GetOAuthClient(ctx, string(api.bearer), args[0])
+		c, err := api.admin.GetOAuthClient(ctx, args[0])
 		if err != nil {
 			return err
 		}
 		if c.ConsentMethod == "" { // not every tenant includes connectionConfig
-			if c.ConsentMethod, err = api.qlik.GetConsent(ctx, string(api.bearer), c.ClientID); err != nil {
+			if c.ConsentMethod, err = api.admin.GetConsent(ctx, c.ClientID); err != nil {
 				return err
 			}
 		}
@@ -494,7 +498,7 @@ var clientCommands = map[string]clientCommand{
 			if f.consent == qlik.ConsentTrusted { // required is the default, and the only other value
 				create.ConsentMethod = qlik.ConsentTrusted
 			}
-			c, err := api.qlik.CreateOAuthClient(ctx, string(api.bearer), create)
+			c, err := api.admin.CreateOAuthClient(ctx, create)
 			if err != nil {
 				return err
 			}
@@ -530,11 +534,11 @@ var clientCommands = map[string]clientCommand{
 			if err != nil {
 				return err
 			}
-			newSecret, err := api.qlik.UpdateOAuthClient(ctx, string(api.bearer), args[0], ops)
+			newSecret, err := api.admin.UpdateOAuthClient(ctx, args[0], ops)
 			if err != nil {
 				return err
 			}
-			c, err := api.qlik.GetOAuthClient(ctx, string(api.bearer), args[0])
+			c, err := api.admin.GetOAuthClient(ctx, args[0])
 			if err != nil {
 				return fmt.Errorf("updated, but reading the client back failed: %w", explain(err))
 			}
@@ -543,27 +547,27 @@ var clientCommands = map[string]clientCommand{
 		},
 	},
 	"delete": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
-		if err := api.qlik.DeleteOAuthClient(ctx, string(api.bearer), args[0]); err != nil {
+		if err := api.admin.DeleteOAuthClient(ctx, args[0]); err != nil {
 			return err
 		}
 		return out.done(map[string]any{"clientId": args[0], "deleted": true}, "deleted client %s", args[0])
 	}},
 	"secrets create": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
-		s, err := api.qlik.CreateClientSecret(ctx, string(api.bearer), args[0])
+		s, err := api.admin.CreateClientSecret(ctx, args[0])
 		if err != nil {
 			return err
 		}
 		return out.secret(s)
 	}},
 	"secrets delete": {args: "<id> <hint>", nargs: 2, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
-		if err := api.qlik.DeleteClientSecret(ctx, string(api.bearer), args[0], args[1]); err != nil {
+		if err := api.admin.DeleteClientSecret(ctx, args[0], args[1]); err != nil {
 			return err
 		}
 		return out.done(map[string]any{"clientId": args[0], "hint": args[1], "deleted": true},
 			"deleted secret %s of client %s", args[1], args[0])
 	}},
 	"consent get": {args: "<id>", nargs: 1, run: func(ctx context.Context, api *adminAPI, args []string, _ clientFlags, out *clientsOutput) error {
-		m, err := api.qlik.GetConsent(ctx, string(api.bearer), args[0])
+		m, err := api.admin.GetConsent(ctx, args[0])
 		if err != nil {
 			return err
 		}
@@ -573,7 +577,7 @@ var clientCommands = map[string]clientCommand{
 		if m := args[1]; m != qlik.ConsentTrusted && m != qlik.ConsentRequired {
 			return fmt.Errorf("consent method must be trusted or required, got %q", m)
 		}
-		if err := api.qlik.SetConsent(ctx, string(api.bearer), args[0], args[1]); err != nil {
+		if err := api.admin.SetConsent(ctx, args[0], args[1]); err != nil {
 			return err
 		}
 		return out.done(map[string]string{"clientId": args[0], "consentMethod": args[1]},

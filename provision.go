@@ -205,8 +205,6 @@ func (p *provisioner) act(planned, done string) {
 	}
 }
 
-func (p *provisioner) bearer() string { return string(p.api.bearer) }
-
 func (p *provisioner) run(ctx context.Context) error {
 	c, found, err := p.findClient(ctx)
 	if err != nil {
@@ -255,7 +253,7 @@ func (p *provisioner) run(ctx context.Context) error {
 // findClient finds the client named --client-name. The filter compares
 // case-insensitively, so only exact names count; two are ambiguous.
 func (p *provisioner) findClient(ctx context.Context) (qlik.OAuthClient, bool, error) {
-	cs, err := p.api.qlik.ListOAuthClients(ctx, p.bearer(), qlik.ListOptions{
+	cs, err := p.api.admin.ListOAuthClients(ctx, qlik.ListOptions{
 		Filter: "clientName eq " + qlik.QuoteFilterValue(p.o.clientName),
 	})
 	if err != nil {
@@ -294,7 +292,7 @@ func (p *provisioner) create(ctx context.Context, c *qlik.OAuthClient) (string, 
 		p.act("set consent trusted", "")
 		return plannedSecret, nil
 	}
-	created, err := p.api.qlik.CreateOAuthClient(ctx, p.bearer(), req)
+	created, err := p.api.admin.CreateOAuthClient(ctx, req)
 	if err != nil {
 		return "", fmt.Errorf("creating client %q: %w", p.o.clientName, explain(err))
 	}
@@ -318,7 +316,7 @@ func (p *provisioner) trust(ctx context.Context, c *qlik.OAuthClient) error {
 		return nil
 	}
 	if !p.o.dryRun {
-		if err := p.api.qlik.SetConsent(ctx, p.bearer(), c.ClientID, qlik.ConsentTrusted); err != nil {
+		if err := p.api.admin.SetConsent(ctx, c.ClientID, qlik.ConsentTrusted); err != nil {
 			return fmt.Errorf("setting consent of client %s to trusted: %w", c.ClientID, explain(err))
 		}
 	}
@@ -392,7 +390,7 @@ func (p *provisioner) reconcile(ctx context.Context, c *qlik.OAuthClient) (strin
 	}
 
 	if c.ConsentMethod == "" { // not every tenant includes connectionConfig
-		m, err := p.api.qlik.GetConsent(ctx, p.bearer(), c.ClientID)
+		m, err := p.api.admin.GetConsent(ctx, c.ClientID)
 		if err != nil {
 			return "", fmt.Errorf("reading consent of client %s: %w", c.ClientID, explain(err))
 		}
@@ -447,7 +445,7 @@ func (p *provisioner) patch(ctx context.Context, c *qlik.OAuthClient, ds []drift
 	var sec string
 	if !p.o.dryRun {
 		var err error
-		if sec, err = p.api.qlik.UpdateOAuthClient(ctx, p.bearer(), c.ClientID, ops); err != nil {
+		if sec, err = p.api.admin.UpdateOAuthClient(ctx, c.ClientID, ops); err != nil {
 			return "", fmt.Errorf("updating client %s: %w", c.ClientID, explain(err))
 		}
 	}
@@ -482,7 +480,7 @@ func (p *provisioner) newSecret(ctx context.Context, c *qlik.OAuthClient) (strin
 		p.act("create a new client secret", "")
 		return plannedSecret, nil
 	}
-	s, err := p.api.qlik.CreateClientSecret(ctx, p.bearer(), c.ClientID)
+	s, err := p.api.admin.CreateClientSecret(ctx, c.ClientID)
 	if err != nil {
 		return "", fmt.Errorf("creating a secret for client %s: %w", c.ClientID, explain(err))
 	}

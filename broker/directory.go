@@ -10,32 +10,51 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
 
+// adminEarlyExpiry is how long before its expiry the directory's admin
+// token is replaced, so a lookup never goes out with one about to lapse.
+const adminEarlyExpiry = 5 * time.Minute
+
 // QlikDirectory finds users through a tenant's users API with an admin
-// client's credentials (client_credentials, scope admin_classic), keeping
-// the admin token until shortly before it expires.
+// client's credentials (client_credentials, scope admin_classic). The admin
+// token comes from a qlik.ReuseTokenSource, kept until 5 minutes before it
+// expires.
 type QlikDirectory struct {
 	Client *qlik.Client
 	Admin  qlik.Credentials
 	// CreateUsers creates a user for an unknown email (just-in-time
 	// provisioning, as Qlik's own impersonation sample does).
 	CreateUsers bool
+	// Now is the clock the admin token's expiry is judged by; nil means
+	// time.Now.
+	Now func() time.Time
 
-	mu    sync.Mutex
-	token *qlik.Token
+	once sync.Once
+	api  *qlik.Admin
 }
 
 var _ Directory = (*QlikDirectory)(nil)
 
+// admin returns the admin APIs, built on first use because the fields are
+// set by a struct literal.
+func (d *QlikDirectory) admin() *qlik.Admin {
+	d.once.Do(func() {
+		now := d.Now
+		if now == nil {
+			now = time.Now
+		}
+		src := d.Client.ClientCredentials(d.Admin, "admin_classic")
+		d.api = d.Client.Admin(qlik.ReuseTokenSource(src, adminEarlyExpiry, now))
+	})
+	return d.api
+}
+
 // UserIDByEmail implements Directory.
 func (d *QlikDirectory) UserIDByEmail(ctx context.Context, email string) (string, error) {
-	bearer, err := d.bearer(ctx)
-	if err != nil {
-		return "", err
-	}
-	u, err := d.Client.FindUserByEmail(ctx, bearer, email)
+	api := d.admin()
+	u, err := api.FindUserByEmail(ctx, email)
 	switch {
 	case errors.Is(err, qlik.ErrUserNotFound) && d.CreateUsers:
-		u, err = d.Client.CreateUser(ctx, bearer, qlik.UserCreate{Name: email, Email: email, Subject: email, Status: qlik.UserActive})
+		u, err = api.CreateUser(ctx, qlik.UserCreate{Name: email, Email: email, Subject: email, Status: qlik.UserActive})
 		if err != nil {
 			return "", fmt.Errorf("broker: create user: %w", err)
 		}
@@ -48,18 +67,4 @@ func (d *QlikDirectory) UserIDByEmail(ctx context.Context, email string) (string
 		return "", fmt.Errorf("%w: the user is %s", ErrUnknownUser, u.Status)
 	}
 	return u.ID, nil
-}
-
-func (d *QlikDirectory) bearer(ctx context.Context) (string, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token != nil && time.Until(d.token.ExpiresAt) > 5*time.Minute {
-		return d.token.AccessToken, nil
-	}
-	tok, err := d.Client.ClientCredentialsToken(ctx, d.Admin, "admin_classic")
-	if err != nil {
-		return "", fmt.Errorf("broker: admin token: %w", err)
-	}
-	d.token = tok
-	return tok.AccessToken, nil
 }

@@ -35,6 +35,41 @@ func QuoteFilterValue(s string) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
+// Admin calls the tenant's admin APIs (users, oauth-clients and their
+// secrets and consent) with a token from its TokenSource on every call, so
+// callers pass no bearer. Most calls need a token with scope admin_classic:
+// an admin client's, from ClientCredentials wrapped in ReuseTokenSource. It
+// is safe for concurrent use when its source is.
+type Admin struct {
+	c  *Client
+	ts TokenSource
+}
+
+// Admin returns c's admin APIs authenticated by tokens from ts.
+func (c *Client) Admin(ts TokenSource) *Admin {
+	return &Admin{c: c, ts: ts}
+}
+
+// bearer gets a token from the source and checks it can go in an
+// Authorization header. Called after the arguments are checked, so a bad
+// request costs no token.
+func (a *Admin) bearer(ctx context.Context) (string, error) {
+	if a.ts == nil {
+		return "", fmt.Errorf("%w: no token source", ErrInvalidRequest)
+	}
+	tok, err := a.ts.Token(ctx)
+	if err != nil {
+		return "", fmt.Errorf("qlik: admin token: %w", err)
+	}
+	if tok == nil {
+		return "", errNoToken
+	}
+	if err := checkBearer(tok.AccessToken); err != nil {
+		return "", err
+	}
+	return tok.AccessToken, nil
+}
+
 func checkBearer(bearer string) error {
 	if strings.TrimSpace(bearer) == "" {
 		return fmt.Errorf("%w: bearer token is empty", ErrInvalidRequest)

@@ -17,11 +17,12 @@ import (
 )
 
 // adminFixture is a fixture plus an admin token from a client made by
-// AddAdminClient.
+// AddAdminClient, and the admin APIs called with it.
 type adminFixture struct {
 	*fixture
 	admin  qliktest.OAuthClient
 	bearer string
+	api    *qlik.Admin
 }
 
 func newAdminFixture(t *testing.T) *adminFixture {
@@ -32,7 +33,12 @@ func newAdminFixture(t *testing.T) *adminFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &adminFixture{fixture: f, admin: admin, bearer: tok.AccessToken}
+	return &adminFixture{fixture: f, admin: admin, bearer: tok.AccessToken, api: adminWith(f.c, tok.AccessToken)}
+}
+
+// adminWith returns c's admin APIs called with bearer, whatever it holds.
+func adminWith(c *qlik.Client, bearer string) *qlik.Admin {
+	return c.Admin(qlik.StaticTokenSource(&qlik.Token{AccessToken: bearer}))
 }
 
 // wantQlikError checks err is an *Error from endpoint with status.
@@ -58,22 +64,24 @@ func TestFindUsers(t *testing.T) {
 		want    qlik.User
 		wantErr error
 	}{
-		{"by email", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), f.bearer, "ada@example.com") }, ada, nil},
-		{"by email, other case", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), f.bearer, "ADA@Example.com") }, ada, nil},
-		{"by subject", func() (qlik.User, error) { return f.c.FindUserBySubject(t.Context(), f.bearer, "auth0|ada") }, ada, nil},
+		{"by email", func() (qlik.User, error) { return f.api.FindUserByEmail(t.Context(), "ada@example.com") }, ada, nil},
+		{"by email, other case", func() (qlik.User, error) { return f.api.FindUserByEmail(t.Context(), "ADA@Example.com") }, ada, nil},
+		{"by subject", func() (qlik.User, error) { return f.api.FindUserBySubject(t.Context(), "auth0|ada") }, ada, nil},
 		{"email with quote and backslash", func() (qlik.User, error) {
-			return f.c.FindUserByEmail(t.Context(), f.bearer, `we"ird\@example.com`)
+			return f.api.FindUserByEmail(t.Context(), `we"ird\@example.com`)
 		}, oddWant, nil},
-		{"subject with quote and backslash", func() (qlik.User, error) { return f.c.FindUserBySubject(t.Context(), f.bearer, `idp|"q"\b`) }, oddWant, nil},
+		{"subject with quote and backslash", func() (qlik.User, error) { return f.api.FindUserBySubject(t.Context(), `idp|"q"\b`) }, oddWant, nil},
 		{"injection is a literal", func() (qlik.User, error) {
-			return f.c.FindUserByEmail(t.Context(), f.bearer, `" or email co "`)
+			return f.api.FindUserByEmail(t.Context(), `" or email co "`)
 		}, qlik.User{}, qlik.ErrUserNotFound},
-		{"not found", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), f.bearer, "nobody@example.com") }, qlik.User{}, qlik.ErrUserNotFound},
-		{"ambiguous", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), f.bearer, "twin@example.com") }, qlik.User{}, qlik.ErrAmbiguousUser},
-		{"empty email", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), f.bearer, "") }, qlik.User{}, qlik.ErrInvalidRequest},
-		{"empty subject", func() (qlik.User, error) { return f.c.FindUserBySubject(t.Context(), f.bearer, "") }, qlik.User{}, qlik.ErrInvalidRequest},
-		{"no bearer", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), " ", "ada@example.com") }, qlik.User{}, qlik.ErrInvalidRequest},
-		{"bearer with newline", func() (qlik.User, error) { return f.c.FindUserByEmail(t.Context(), "a\nb", "ada@example.com") }, qlik.User{}, qlik.ErrInvalidRequest},
+		{"not found", func() (qlik.User, error) { return f.api.FindUserByEmail(t.Context(), "nobody@example.com") }, qlik.User{}, qlik.ErrUserNotFound},
+		{"ambiguous", func() (qlik.User, error) { return f.api.FindUserByEmail(t.Context(), "twin@example.com") }, qlik.User{}, qlik.ErrAmbiguousUser},
+		{"empty email", func() (qlik.User, error) { return f.api.FindUserByEmail(t.Context(), "") }, qlik.User{}, qlik.ErrInvalidRequest},
+		{"empty subject", func() (qlik.User, error) { return f.api.FindUserBySubject(t.Context(), "") }, qlik.User{}, qlik.ErrInvalidRequest},
+		{"no bearer", func() (qlik.User, error) { return adminWith(f.c, " ").FindUserByEmail(t.Context(), "ada@example.com") }, qlik.User{}, qlik.ErrInvalidRequest},
+		{"bearer with newline", func() (qlik.User, error) {
+			return adminWith(f.c, "a\nb").FindUserByEmail(t.Context(), "ada@example.com")
+		}, qlik.User{}, qlik.ErrInvalidRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,11 +92,11 @@ func TestFindUsers(t *testing.T) {
 		})
 	}
 
-	all, err := f.c.FindUsers(t.Context(), f.bearer, `email co "example.com" and status eq "active"`)
+	all, err := f.api.FindUsers(t.Context(), `email co "example.com" and status eq "active"`)
 	if err != nil || len(all) != 4 {
 		t.Errorf("FindUsers = %d users, %v", len(all), err)
 	}
-	_, err = f.c.FindUsers(t.Context(), f.bearer, `email gt "a"`)
+	_, err = f.api.FindUsers(t.Context(), `email gt "a"`)
 	wantQlikError(t, err, "users", 400)
 }
 
@@ -112,7 +120,7 @@ func TestFindUsersPaginates(t *testing.T) {
 		f.tn.AddUser(qliktest.User{Subject: fmt.Sprintf("bulk|%03d", i), Email: fmt.Sprintf("bulk%03d@example.com", i)})
 	}
 	f.tn.ResetCounters()
-	users, err := f.c.FindUsers(t.Context(), f.bearer, `subject sw "bulk|"`)
+	users, err := f.api.FindUsers(t.Context(), `subject sw "bulk|"`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +137,7 @@ func TestFindUsersPaginates(t *testing.T) {
 	if n := f.tn.Calls(qliktest.EndpointUsers); n != 3 {
 		t.Errorf("%d pages fetched, want 3 of 100", n)
 	}
-	everyone, err := f.c.FindUsers(t.Context(), f.bearer, "")
+	everyone, err := f.api.FindUsers(t.Context(), "")
 	if err != nil || len(everyone) != 252 { // + ada + the admin's bot user
 		t.Errorf("FindUsers(\"\") = %d, %v", len(everyone), err)
 	}
@@ -137,7 +145,7 @@ func TestFindUsersPaginates(t *testing.T) {
 
 func TestCreateUserAndMe(t *testing.T) {
 	f := newAdminFixture(t)
-	u, err := f.c.CreateUser(t.Context(), f.bearer, qlik.UserCreate{Name: "Grace", Email: "grace@example.com", Subject: "auth0|grace", Status: qlik.UserActive})
+	u, err := f.api.CreateUser(t.Context(), qlik.UserCreate{Name: "Grace", Email: "grace@example.com", Subject: "auth0|grace", Status: qlik.UserActive})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,26 +156,26 @@ func TestCreateUserAndMe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	me, err := f.c.Me(t.Context(), tok.AccessToken)
+	me, err := adminWith(f.c, tok.AccessToken).Me(t.Context())
 	if err != nil || me != u {
 		t.Errorf("Me = %+v, %v; want %+v", me, err, u)
 	}
-	bot, err := f.c.Me(t.Context(), f.bearer)
+	bot, err := f.api.Me(t.Context())
 	if err != nil || bot.Subject != `qlikbot\`+f.admin.ID {
 		t.Errorf("Me(admin) = %+v, %v", bot, err)
 	}
 
-	_, err = f.c.CreateUser(t.Context(), f.bearer, qlik.UserCreate{Subject: "auth0|grace"})
+	_, err = f.api.CreateUser(t.Context(), qlik.UserCreate{Subject: "auth0|grace"})
 	wantQlikError(t, err, "users", 409)
-	_, err = f.c.CreateUser(t.Context(), f.bearer, qlik.UserCreate{Subject: "auth0|x", Status: "deleted"})
+	_, err = f.api.CreateUser(t.Context(), qlik.UserCreate{Subject: "auth0|x", Status: "deleted"})
 	wantQlikError(t, err, "users", 400)
-	if _, err := f.c.CreateUser(t.Context(), f.bearer, qlik.UserCreate{Email: "x@example.com"}); !errors.Is(err, qlik.ErrInvalidRequest) {
+	if _, err := f.api.CreateUser(t.Context(), qlik.UserCreate{Email: "x@example.com"}); !errors.Is(err, qlik.ErrInvalidRequest) {
 		t.Errorf("no subject: %v", err)
 	}
-	_, err = f.c.Me(t.Context(), "abc.def.ghi")
+	_, err = adminWith(f.c, "abc.def.ghi").Me(t.Context())
 	wantQlikError(t, err, "users-me", 401)
 	f.tn.RevokeToken(tok.AccessToken)
-	_, err = f.c.Me(t.Context(), tok.AccessToken)
+	_, err = adminWith(f.c, tok.AccessToken).Me(t.Context())
 	wantQlikError(t, err, "users-me", 401)
 }
 
@@ -182,32 +190,32 @@ func TestAdminCallsNeedAdminScope(t *testing.T) {
 		name, endpoint string
 		call           func(bearer string) error
 	}{
-		{"FindUsers", "users", func(b string) error { _, err := f.c.FindUsers(t.Context(), b, ""); return err }},
+		{"FindUsers", "users", func(b string) error { _, err := adminWith(f.c, b).FindUsers(t.Context(), ""); return err }},
 		{"CreateUser", "users", func(b string) error {
-			_, err := f.c.CreateUser(t.Context(), b, qlik.UserCreate{Subject: "auth0|s"})
+			_, err := adminWith(f.c, b).CreateUser(t.Context(), qlik.UserCreate{Subject: "auth0|s"})
 			return err
 		}},
 		{"ListOAuthClients", "oauth-clients", func(b string) error {
-			_, err := f.c.ListOAuthClients(t.Context(), b, qlik.ListOptions{})
+			_, err := adminWith(f.c, b).ListOAuthClients(t.Context(), qlik.ListOptions{})
 			return err
 		}},
-		{"GetOAuthClient", "oauth-clients", func(b string) error { _, err := f.c.GetOAuthClient(t.Context(), b, id); return err }},
+		{"GetOAuthClient", "oauth-clients", func(b string) error { _, err := adminWith(f.c, b).GetOAuthClient(t.Context(), id); return err }},
 		{"CreateOAuthClient", "oauth-clients", func(b string) error {
-			_, err := f.c.CreateOAuthClient(t.Context(), b, qlik.OAuthClientCreate{AppType: "web", ClientName: "n"})
+			_, err := adminWith(f.c, b).CreateOAuthClient(t.Context(), qlik.OAuthClientCreate{AppType: "web", ClientName: "n"})
 			return err
 		}},
 		{"UpdateOAuthClient", "oauth-clients", func(b string) error {
-			_, err := f.c.UpdateOAuthClient(t.Context(), b, id, []qlik.PatchOp{{Op: "remove", Path: "/description"}})
+			_, err := adminWith(f.c, b).UpdateOAuthClient(t.Context(), id, []qlik.PatchOp{{Op: "remove", Path: "/description"}})
 			return err
 		}},
-		{"DeleteOAuthClient", "oauth-clients", func(b string) error { return f.c.DeleteOAuthClient(t.Context(), b, id) }},
+		{"DeleteOAuthClient", "oauth-clients", func(b string) error { return adminWith(f.c, b).DeleteOAuthClient(t.Context(), id) }},
 		{"CreateClientSecret", "oauth-client-secrets", func(b string) error {
-			_, err := f.c.CreateClientSecret(t.Context(), b, id)
+			_, err := adminWith(f.c, b).CreateClientSecret(t.Context(), id)
 			return err
 		}},
-		{"DeleteClientSecret", "oauth-client-secrets", func(b string) error { return f.c.DeleteClientSecret(t.Context(), b, id, "h") }},
-		{"GetConsent", "oauth-client-consent", func(b string) error { _, err := f.c.GetConsent(t.Context(), b, id); return err }},
-		{"SetConsent", "oauth-client-consent", func(b string) error { return f.c.SetConsent(t.Context(), b, id, qlik.ConsentTrusted) }},
+		{"DeleteClientSecret", "oauth-client-secrets", func(b string) error { return adminWith(f.c, b).DeleteClientSecret(t.Context(), id, "h") }},
+		{"GetConsent", "oauth-client-consent", func(b string) error { _, err := adminWith(f.c, b).GetConsent(t.Context(), id); return err }},
+		{"SetConsent", "oauth-client-consent", func(b string) error { return adminWith(f.c, b).SetConsent(t.Context(), id, qlik.ConsentTrusted) }},
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) {
@@ -236,7 +244,7 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	f := newAdminFixture(t)
 	ctx := t.Context()
 	f.tn.ResetCounters()
-	oc, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{
+	oc, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{
 		AppType:           qlik.AppTypeWeb,
 		ClientName:        "broker m2m",
 		Description:       "qlik-token-broker",
@@ -268,13 +276,13 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	if !errors.As(err, &qe) || qe.StatusCode != 400 || qe.Code != "consent_required" {
 		t.Fatalf("untrusted impersonation: %v", err)
 	}
-	if m, err := f.c.GetConsent(ctx, f.bearer, oc.ClientID); err != nil || m != qlik.ConsentRequired {
+	if m, err := f.api.GetConsent(ctx, oc.ClientID); err != nil || m != qlik.ConsentRequired {
 		t.Fatalf("GetConsent = %q, %v", m, err)
 	}
-	if err := f.c.SetConsent(ctx, f.bearer, oc.ClientID, qlik.ConsentTrusted); err != nil {
+	if err := f.api.SetConsent(ctx, oc.ClientID, qlik.ConsentTrusted); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := f.c.GetConsent(ctx, f.bearer, oc.ClientID); err != nil || m != qlik.ConsentTrusted {
+	if m, err := f.api.GetConsent(ctx, oc.ClientID); err != nil || m != qlik.ConsentTrusted {
 		t.Fatalf("GetConsent = %q, %v", m, err)
 	}
 	tok, err := f.c.ImpersonationToken(ctx, oc.Credentials(), f.byID, "")
@@ -285,7 +293,7 @@ func TestProvisionImpersonationClient(t *testing.T) {
 		t.Errorf("token acts for %+v, %v", u, err)
 	}
 
-	got, err := f.c.GetOAuthClient(ctx, f.bearer, oc.ClientID)
+	got, err := f.api.GetOAuthClient(ctx, oc.ClientID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +303,7 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	}
 
 	// Update: 204 gives no secret.
-	secret, err := f.c.UpdateOAuthClient(ctx, f.bearer, oc.ClientID, []qlik.PatchOp{
+	secret, err := f.api.UpdateOAuthClient(ctx, oc.ClientID, []qlik.PatchOp{
 		{Op: "add", Path: "/allowedOrigins", Value: "https://b.example.com"},
 		{Op: "replace", Path: "/description", Value: ""},
 		{Op: "remove", Path: "/logoUri"},
@@ -303,21 +311,21 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	if err != nil || secret != "" {
 		t.Fatalf("UpdateOAuthClient = %q, %v", secret, err)
 	}
-	got, _ = f.c.GetOAuthClient(ctx, f.bearer, oc.ClientID)
+	got, _ = f.api.GetOAuthClient(ctx, oc.ClientID)
 	if !slices.Equal(got.AllowedOrigins, []string{"https://app.example.com", "https://b.example.com"}) || got.Description != "" || got.LogoURI != "" {
 		t.Errorf("after update %#v", got)
 	}
-	_, err = f.c.UpdateOAuthClient(ctx, f.bearer, oc.ClientID, []qlik.PatchOp{{Op: "replace", Path: "/appType", Value: "spa"}})
+	_, err = f.api.UpdateOAuthClient(ctx, oc.ClientID, []qlik.PatchOp{{Op: "replace", Path: "/appType", Value: "spa"}})
 	wantQlikError(t, err, "oauth-clients", 400)
-	_, err = f.c.UpdateOAuthClient(ctx, f.bearer, "nope", []qlik.PatchOp{{Op: "remove", Path: "/description"}})
+	_, err = f.api.UpdateOAuthClient(ctx, "nope", []qlik.PatchOp{{Op: "remove", Path: "/description"}})
 	wantQlikError(t, err, "oauth-clients", 404)
 
 	// Secrets: rotate in a new one, delete the original by its hint.
-	ns, err := f.c.CreateClientSecret(ctx, f.bearer, oc.ClientID)
+	ns, err := f.api.CreateClientSecret(ctx, oc.ClientID)
 	if err != nil || ns.ClientID != oc.ClientID || ns.ClientSecret == "" || ns.Hint == "" || !ns.CreatedAt.Equal(start) {
 		t.Fatalf("CreateClientSecret = %#v, %v", ns, err)
 	}
-	if err := f.c.DeleteClientSecret(ctx, f.bearer, oc.ClientID, oc.ClientSecretHint); err != nil {
+	if err := f.api.DeleteClientSecret(ctx, oc.ClientID, oc.ClientSecretHint); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.c.ClientCredentialsToken(ctx, oc.Credentials(), ""); err == nil {
@@ -326,31 +334,31 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	if _, err := f.c.ClientCredentialsToken(ctx, ns.Credentials(), ""); err != nil {
 		t.Errorf("the new secret: %v", err)
 	}
-	wantQlikError(t, f.c.DeleteClientSecret(ctx, f.bearer, oc.ClientID, oc.ClientSecretHint), "oauth-client-secrets", 404)
+	wantQlikError(t, f.api.DeleteClientSecret(ctx, oc.ClientID, oc.ClientSecretHint), "oauth-client-secrets", 404)
 	for range 4 {
-		if _, err := f.c.CreateClientSecret(ctx, f.bearer, oc.ClientID); err != nil {
+		if _, err := f.api.CreateClientSecret(ctx, oc.ClientID); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = f.c.CreateClientSecret(ctx, f.bearer, oc.ClientID)
+	_, err = f.api.CreateClientSecret(ctx, oc.ClientID)
 	wantQlikError(t, err, "oauth-client-secrets", 409)
 
 	// Delete sends qlik-confirm-delete, or the fake would answer 400.
-	if err := f.c.DeleteOAuthClient(ctx, f.bearer, oc.ClientID); err != nil {
+	if err := f.api.DeleteOAuthClient(ctx, oc.ClientID); err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.c.GetOAuthClient(ctx, f.bearer, oc.ClientID)
+	_, err = f.api.GetOAuthClient(ctx, oc.ClientID)
 	wantQlikError(t, err, "oauth-clients", 404)
-	wantQlikError(t, f.c.DeleteOAuthClient(ctx, f.bearer, oc.ClientID), "oauth-clients", 404)
-	_, err = f.c.GetConsent(ctx, f.bearer, oc.ClientID)
+	wantQlikError(t, f.api.DeleteOAuthClient(ctx, oc.ClientID), "oauth-clients", 404)
+	_, err = f.api.GetConsent(ctx, oc.ClientID)
 	wantQlikError(t, err, "oauth-client-consent", 404)
-	wantQlikError(t, f.c.SetConsent(ctx, f.bearer, oc.ClientID, qlik.ConsentTrusted), "oauth-client-consent", 404)
+	wantQlikError(t, f.api.SetConsent(ctx, oc.ClientID, qlik.ConsentTrusted), "oauth-client-consent", 404)
 }
 
 func TestCreateOAuthClientVariants(t *testing.T) {
 	f := newAdminFixture(t)
 	ctx := t.Context()
-	trusted, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{
+	trusted, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{
 		AppType: qlik.AppTypeWeb, ClientName: "trusted at birth", ConsentMethod: qlik.ConsentTrusted,
 		AllowedGrantTypes: []string{qlik.GrantImpersonation},
 	})
@@ -361,7 +369,7 @@ func TestCreateOAuthClientVariants(t *testing.T) {
 		t.Errorf("impersonation through a client trusted at creation: %v", err)
 	}
 
-	keyed, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{
+	keyed, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{
 		AppType: qlik.AppTypeWeb, ClientName: "keyed", AllowedAuthMethods: []string{"private_key_jwt"},
 		AllowedGrantTypes: []string{qlik.GrantClientCredentials},
 	})
@@ -369,7 +377,7 @@ func TestCreateOAuthClientVariants(t *testing.T) {
 		t.Fatalf("%#v, %v", keyed, err)
 	}
 	// Adding client_secret makes one: 202 with the secret.
-	secret, err := f.c.UpdateOAuthClient(ctx, f.bearer, keyed.ClientID, []qlik.PatchOp{
+	secret, err := f.api.UpdateOAuthClient(ctx, keyed.ClientID, []qlik.PatchOp{
 		{Op: "replace", Path: "/allowedAuthMethods", Value: []string{"private_key_jwt", "client_secret"}},
 	})
 	if err != nil || secret == "" {
@@ -395,7 +403,7 @@ func TestCreateOAuthClientVariants(t *testing.T) {
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := f.c.CreateOAuthClient(ctx, f.bearer, tt.create)
+			_, err := f.api.CreateOAuthClient(ctx, tt.create)
 			if tt.local {
 				if !errors.Is(err, qlik.ErrInvalidRequest) {
 					t.Errorf("err = %v, want ErrInvalidRequest", err)
@@ -412,13 +420,13 @@ func TestListOAuthClients(t *testing.T) {
 	ctx := t.Context()
 	var made []string
 	for i := range 7 {
-		oc, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{AppType: "web", ClientName: fmt.Sprintf("batch %d", i)})
+		oc, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{AppType: "web", ClientName: fmt.Sprintf("batch %d", i)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		made = append(made, oc.ClientID)
 	}
-	if _, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{AppType: "spa", ClientName: `q"uote\d`}); err != nil {
+	if _, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{AppType: "spa", ClientName: `q"uote\d`}); err != nil {
 		t.Fatal(err)
 	}
 	names := func(cs []qlik.OAuthClient) []string {
@@ -449,7 +457,7 @@ func TestListOAuthClients(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f.tn.ResetCounters()
-			got, err := f.c.ListOAuthClients(ctx, f.bearer, tt.opts)
+			got, err := f.api.ListOAuthClients(ctx, tt.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -465,15 +473,15 @@ func TestListOAuthClients(t *testing.T) {
 			}
 		})
 	}
-	all, err := f.c.ListOAuthClients(ctx, f.bearer, qlik.ListOptions{Limit: 100})
+	all, err := f.api.ListOAuthClients(ctx, qlik.ListOptions{Limit: 100})
 	if err != nil || len(all) != 10 {
 		t.Errorf("all: %d, %v", len(all), err)
 	}
 	for _, opts := range []qlik.ListOptions{{Filter: `description eq "x"`}, {Sort: "owner"}, {Limit: 1000}} {
-		_, err := f.c.ListOAuthClients(ctx, f.bearer, opts)
+		_, err := f.api.ListOAuthClients(ctx, opts)
 		wantQlikError(t, err, "oauth-clients", 400)
 	}
-	if _, err := f.c.ListOAuthClients(ctx, f.bearer, qlik.ListOptions{Limit: -1}); !errors.Is(err, qlik.ErrInvalidRequest) {
+	if _, err := f.api.ListOAuthClients(ctx, qlik.ListOptions{Limit: -1}); !errors.Is(err, qlik.ErrInvalidRequest) {
 		t.Errorf("negative limit: %v", err)
 	}
 }
@@ -545,7 +553,7 @@ func TestNextLinks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newAdminFixture(t)
 			f.tn.InjectFault(qliktest.EndpointOAuthClients, tt.faults(f.tn.URL())...)
-			got, err := f.c.ListOAuthClients(t.Context(), f.bearer, qlik.ListOptions{})
+			got, err := f.api.ListOAuthClients(t.Context(), qlik.ListOptions{})
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -579,7 +587,7 @@ func TestListStopsAfterMaxPages(t *testing.T) {
 		faults[i] = qliktest.Fault{Status: 200, Body: fmt.Sprintf(`{"data":[],"links":{"next":{"href":"?next=%d"}}}`, i)}
 	}
 	f.tn.InjectFault(qliktest.EndpointUsers, faults...)
-	_, err := f.c.FindUsers(t.Context(), f.bearer, "")
+	_, err := f.api.FindUsers(t.Context(), "")
 	if !errors.Is(err, qlik.ErrTooManyPages) {
 		t.Fatalf("err = %v, want ErrTooManyPages", err)
 	}
@@ -598,22 +606,22 @@ func TestAdminMalformedAnswers(t *testing.T) {
 		body string
 		call func() error
 	}{
-		{"user without id", qliktest.EndpointUsers, `{"data":[{"email":"x"}]}`, func() error { _, err := f.c.FindUsers(ctx, f.bearer, ""); return err }},
+		{"user without id", qliktest.EndpointUsers, `{"data":[{"email":"x"}]}`, func() error { _, err := f.api.FindUsers(ctx, ""); return err }},
 		{"create user not JSON", qliktest.EndpointUsers, `<html>`, func() error {
-			_, err := f.c.CreateUser(ctx, f.bearer, qlik.UserCreate{Subject: "s"})
+			_, err := f.api.CreateUser(ctx, qlik.UserCreate{Subject: "s"})
 			return err
 		}},
-		{"me without id", qliktest.EndpointUsersMe, `{"subject":"x"}`, func() error { _, err := f.c.Me(ctx, f.bearer); return err }},
-		{"client without id", qliktest.EndpointOAuthClients, `{"clientName":"x"}`, func() error { _, err := f.c.GetOAuthClient(ctx, f.bearer, id); return err }},
+		{"me without id", qliktest.EndpointUsersMe, `{"subject":"x"}`, func() error { _, err := f.api.Me(ctx); return err }},
+		{"client without id", qliktest.EndpointOAuthClients, `{"clientName":"x"}`, func() error { _, err := f.api.GetOAuthClient(ctx, id); return err }},
 		{"create client not JSON", qliktest.EndpointOAuthClients, `[`, func() error {
-			_, err := f.c.CreateOAuthClient(ctx, f.bearer, qlik.OAuthClientCreate{AppType: "web", ClientName: "x"})
+			_, err := f.api.CreateOAuthClient(ctx, qlik.OAuthClientCreate{AppType: "web", ClientName: "x"})
 			return err
 		}},
 		{"secret without value", qliktest.EndpointClientSecrets, `{"hint":"x"}`, func() error {
-			_, err := f.c.CreateClientSecret(ctx, f.bearer, id)
+			_, err := f.api.CreateClientSecret(ctx, id)
 			return err
 		}},
-		{"consent missing", qliktest.EndpointConnectionConfig, `{}`, func() error { _, err := f.c.GetConsent(ctx, f.bearer, id); return err }},
+		{"consent missing", qliktest.EndpointConnectionConfig, `{}`, func() error { _, err := f.api.GetConsent(ctx, id); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -624,11 +632,11 @@ func TestAdminMalformedAnswers(t *testing.T) {
 		})
 	}
 	f.tn.InjectFault(qliktest.EndpointOAuthClients, qliktest.Fault{Status: 202, Body: `{}`})
-	if _, err := f.c.UpdateOAuthClient(ctx, f.bearer, id, []qlik.PatchOp{{Op: "remove", Path: "/description"}}); !errors.Is(err, qlik.ErrMalformedResponse) {
+	if _, err := f.api.UpdateOAuthClient(ctx, id, []qlik.PatchOp{{Op: "remove", Path: "/description"}}); !errors.Is(err, qlik.ErrMalformedResponse) {
 		t.Errorf("202 without secret: %v", err)
 	}
 	f.tn.InjectFault(qliktest.EndpointOAuthClients, qliktest.Fault{Status: 503, RetryAfter: "7"})
-	_, err := f.c.ListOAuthClients(ctx, f.bearer, qlik.ListOptions{})
+	_, err := f.api.ListOAuthClients(ctx, qlik.ListOptions{})
 	var qe *qlik.Error
 	if !errors.As(err, &qe) || qe.StatusCode != 503 || qe.RetryAfter != 7*time.Second || !qe.Temporary() {
 		t.Errorf("503: %v", err)
@@ -639,29 +647,29 @@ func TestAdminInvalidIDs(t *testing.T) {
 	f := newAdminFixture(t)
 	ctx := t.Context()
 	for _, id := range []string{"", ".", ".."} {
-		if _, err := f.c.GetOAuthClient(ctx, f.bearer, id); !errors.Is(err, qlik.ErrInvalidRequest) {
+		if _, err := f.api.GetOAuthClient(ctx, id); !errors.Is(err, qlik.ErrInvalidRequest) {
 			t.Errorf("GetOAuthClient(%q): %v", id, err)
 		}
-		if err := f.c.DeleteClientSecret(ctx, f.bearer, f.creds.ClientID, id); !errors.Is(err, qlik.ErrInvalidRequest) {
+		if err := f.api.DeleteClientSecret(ctx, f.creds.ClientID, id); !errors.Is(err, qlik.ErrInvalidRequest) {
 			t.Errorf("DeleteClientSecret(hint %q): %v", id, err)
 		}
 	}
-	if _, err := f.c.UpdateOAuthClient(ctx, f.bearer, f.creds.ClientID, nil); !errors.Is(err, qlik.ErrInvalidRequest) {
+	if _, err := f.api.UpdateOAuthClient(ctx, f.creds.ClientID, nil); !errors.Is(err, qlik.ErrInvalidRequest) {
 		t.Errorf("empty patch: %v", err)
 	}
-	if err := f.c.SetConsent(ctx, f.bearer, f.creds.ClientID, ""); !errors.Is(err, qlik.ErrInvalidRequest) {
+	if err := f.api.SetConsent(ctx, f.creds.ClientID, ""); !errors.Is(err, qlik.ErrInvalidRequest) {
 		t.Errorf("empty consent: %v", err)
 	}
 	// Path segments are escaped: a slash stays inside the id.
 	f.tn.ResetCounters()
-	_, err := f.c.GetOAuthClient(ctx, f.bearer, f.creds.ClientID+"/client-secrets")
+	_, err := f.api.GetOAuthClient(ctx, f.creds.ClientID+"/client-secrets")
 	wantQlikError(t, err, "oauth-clients", 404)
-	_, err = f.c.GetOAuthClient(ctx, f.bearer, "a?b#c")
+	_, err = f.api.GetOAuthClient(ctx, "a?b#c")
 	wantQlikError(t, err, "oauth-clients", 404)
 	if n := f.tn.Calls(qliktest.EndpointOAuthClients); n != 2 {
 		t.Errorf("Calls(oauth_clients) = %d, want 2", n)
 	}
-	wantQlikError(t, f.c.DeleteClientSecret(ctx, f.bearer, f.creds.ClientID, "a/b"), "oauth-client-secrets", 404)
+	wantQlikError(t, f.api.DeleteClientSecret(ctx, f.creds.ClientID, "a/b"), "oauth-client-secrets", 404)
 }
 
 // Transport errors name the failing operation but not the URL, whose query
@@ -673,7 +681,7 @@ func TestAdminTransportErrorHidesURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Close()
-	_, err = c.FindUserByEmail(t.Context(), "token", "ada@example.com")
+	_, err = adminWith(c, "token").FindUserByEmail(t.Context(), "ada@example.com")
 	if err == nil || strings.Contains(err.Error(), "ada") || strings.Contains(err.Error(), "/api/v1") || !strings.Contains(err.Error(), "qlik: users:") {
 		t.Errorf("err = %v", err)
 	}

@@ -1,9 +1,11 @@
 // Package qlik is a client for the parts of the Qlik Cloud REST API the broker
 // needs: minting and revoking OAuth access tokens (/oauth/token, /oauth/revoke),
 // finding and creating users (/api/v1/users) and managing OAuth clients
-// (/api/v1/oauth-clients) with an admin bearer token. It knows nothing of
-// sessions or caches. Remote failures are *Error values; unusable success
-// bodies wrap ErrMalformedResponse.
+// (/api/v1/oauth-clients) through Admin, which takes its bearer from a
+// TokenSource (ClientCredentials behind ReuseTokenSource, as
+// golang.org/x/oauth2 does). It knows nothing of sessions or caches. Remote
+// failures are *Error values; unusable success bodies wrap
+// ErrMalformedResponse.
 package qlik
 
 import (

@@ -183,7 +183,7 @@ func TestAdminTypesRedact(t *testing.T) {
 	// Errors of the admin calls never carry the bearer token.
 	var qe *qlik.Error
 	f := newFixture(t, qlik.Options{})
-	_, err := f.c.ListOAuthClients(t.Context(), tokenSentinel, qlik.ListOptions{Filter: `clientName eq "x"`})
+	_, err := adminWith(f.c, tokenSentinel).ListOAuthClients(t.Context(), qlik.ListOptions{Filter: `clientName eq "x"`})
 	if !errors.As(err, &qe) || qe.StatusCode != 401 || strings.Contains(fmt.Sprintf("%+v", err), tokenSentinel) {
 		t.Errorf("err = %v", err)
 	}

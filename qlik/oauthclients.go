@@ -264,10 +264,7 @@ func clientPath(id string) string { return "/api/v1/oauth-clients/" + url.PathEs
 // ListOAuthClients lists the tenant's OAuth clients, following
 // links.next.href (absolute or relative, but only on the tenant) for at most
 // 100 pages.
-func (c *Client) ListOAuthClients(ctx context.Context, bearer string, opts ListOptions) ([]OAuthClient, error) {
-	if err := checkBearer(bearer); err != nil {
-		return nil, err
-	}
+func (a *Admin) ListOAuthClients(ctx context.Context, opts ListOptions) ([]OAuthClient, error) {
 	if opts.Limit < 0 {
 		return nil, fmt.Errorf("%w: negative limit", ErrInvalidRequest)
 	}
@@ -281,7 +278,11 @@ func (c *Client) ListOAuthClients(ctx context.Context, bearer string, opts ListO
 	if opts.Sort != "" {
 		q.Set("sort", opts.Sort)
 	}
-	ws, err := listAll[oauthClientWire](ctx, c, endpointOAuthClients, bearer, "/api/v1/oauth-clients", q)
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ws, err := listAll[oauthClientWire](ctx, a.c, endpointOAuthClients, bearer, "/api/v1/oauth-clients", q)
 	if err != nil {
 		return nil, err
 	}
@@ -297,15 +298,16 @@ func (c *Client) ListOAuthClients(ctx context.Context, bearer string, opts ListO
 }
 
 // GetOAuthClient returns the client with id (404 as an *Error when unknown).
-func (c *Client) GetOAuthClient(ctx context.Context, bearer, id string) (OAuthClient, error) {
-	if err := checkBearer(bearer); err != nil {
-		return OAuthClient{}, err
-	}
+func (a *Admin) GetOAuthClient(ctx context.Context, id string) (OAuthClient, error) {
 	if err := checkID("client id", id); err != nil {
 		return OAuthClient{}, err
 	}
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return OAuthClient{}, err
+	}
 	var w oauthClientWire
-	if err := c.getJSON(ctx, endpointOAuthClients, bearer, c.base+clientPath(id), &w); err != nil {
+	if err := a.c.getJSON(ctx, endpointOAuthClients, bearer, a.c.base+clientPath(id), &w); err != nil {
 		return OAuthClient{}, err
 	}
 	if w.ClientID == "" {
@@ -317,16 +319,17 @@ func (c *Client) GetOAuthClient(ctx context.Context, bearer, id string) (OAuthCl
 
 // CreateOAuthClient creates a client (201) and returns it with its
 // ClientSecret, which the tenant never shows again: store it now.
-func (c *Client) CreateOAuthClient(ctx context.Context, bearer string, create OAuthClientCreate) (OAuthClient, error) {
-	if err := checkBearer(bearer); err != nil {
-		return OAuthClient{}, err
-	}
+func (a *Admin) CreateOAuthClient(ctx context.Context, create OAuthClientCreate) (OAuthClient, error) {
 	if create.AppType == "" || create.ClientName == "" {
 		return OAuthClient{}, fmt.Errorf("%w: appType and clientName are required", ErrInvalidRequest)
 	}
-	_, body, err := c.send(ctx, request{
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return OAuthClient{}, err
+	}
+	_, body, err := a.c.send(ctx, request{
 		endpoint: endpointOAuthClients, method: http.MethodPost,
-		url: c.base + "/api/v1/oauth-clients", bearer: bearer, body: create,
+		url: a.c.base + "/api/v1/oauth-clients", bearer: bearer, body: create,
 	})
 	if err != nil {
 		return OAuthClient{}, err
@@ -344,18 +347,19 @@ func (c *Client) CreateOAuthClient(ctx context.Context, bearer string, create OA
 // UpdateOAuthClient applies ops (RFC 6902) to client id. It returns "" when
 // the tenant answers 204, and the new client secret when it answers 202
 // because the patch made one (adding "client_secret" to /allowedAuthMethods).
-func (c *Client) UpdateOAuthClient(ctx context.Context, bearer, id string, ops []PatchOp) (string, error) {
-	if err := checkBearer(bearer); err != nil {
-		return "", err
-	}
+func (a *Admin) UpdateOAuthClient(ctx context.Context, id string, ops []PatchOp) (string, error) {
 	if err := checkID("client id", id); err != nil {
 		return "", err
 	}
 	if len(ops) == 0 {
 		return "", fmt.Errorf("%w: no patch operations", ErrInvalidRequest)
 	}
-	status, body, err := c.send(ctx, request{
-		endpoint: endpointOAuthClients, method: http.MethodPatch, url: c.base + clientPath(id), bearer: bearer, body: ops,
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return "", err
+	}
+	status, body, err := a.c.send(ctx, request{
+		endpoint: endpointOAuthClients, method: http.MethodPatch, url: a.c.base + clientPath(id), bearer: bearer, body: ops,
 	})
 	if err != nil || status != http.StatusAccepted {
 		return "", err
@@ -371,30 +375,32 @@ func (c *Client) UpdateOAuthClient(ctx context.Context, bearer, id string, ops [
 
 // DeleteOAuthClient deletes client id, sending the qlik-confirm-delete header
 // newer tenants require.
-func (c *Client) DeleteOAuthClient(ctx context.Context, bearer, id string) error {
-	if err := checkBearer(bearer); err != nil {
-		return err
-	}
+func (a *Admin) DeleteOAuthClient(ctx context.Context, id string) error {
 	if err := checkID("client id", id); err != nil {
 		return err
 	}
-	_, _, err := c.send(ctx, request{
-		endpoint: endpointOAuthClients, method: http.MethodDelete, url: c.base + clientPath(id), bearer: bearer,
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return err
+	}
+	_, _, err = a.c.send(ctx, request{
+		endpoint: endpointOAuthClients, method: http.MethodDelete, url: a.c.base + clientPath(id), bearer: bearer,
 		header: map[string]string{"qlik-confirm-delete": id},
 	})
 	return err
 }
 
 // CreateClientSecret adds a secret to client id (201; 409 when it has 5).
-func (c *Client) CreateClientSecret(ctx context.Context, bearer, id string) (ClientSecret, error) {
-	if err := checkBearer(bearer); err != nil {
-		return ClientSecret{}, err
-	}
+func (a *Admin) CreateClientSecret(ctx context.Context, id string) (ClientSecret, error) {
 	if err := checkID("client id", id); err != nil {
 		return ClientSecret{}, err
 	}
-	_, body, err := c.send(ctx, request{
-		endpoint: endpointClientSecrets, method: http.MethodPost, url: c.base + clientPath(id) + "/client-secrets", bearer: bearer,
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return ClientSecret{}, err
+	}
+	_, body, err := a.c.send(ctx, request{
+		endpoint: endpointClientSecrets, method: http.MethodPost, url: a.c.base + clientPath(id) + "/client-secrets", bearer: bearer,
 	})
 	if err != nil {
 		return ClientSecret{}, err
@@ -423,34 +429,36 @@ func (c *Client) CreateClientSecret(ctx context.Context, bearer, id string) (Cli
 
 // DeleteClientSecret deletes the secret named hint of client id (404 as an
 // *Error when either is unknown).
-func (c *Client) DeleteClientSecret(ctx context.Context, bearer, id, hint string) error {
-	if err := checkBearer(bearer); err != nil {
-		return err
-	}
+func (a *Admin) DeleteClientSecret(ctx context.Context, id, hint string) error {
 	if err := checkID("client id", id); err != nil {
 		return err
 	}
 	if err := checkID("secret hint", hint); err != nil {
 		return err
 	}
-	_, _, err := c.send(ctx, request{
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return err
+	}
+	_, _, err = a.c.send(ctx, request{
 		endpoint: endpointClientSecrets, method: http.MethodDelete,
-		url: c.base + clientPath(id) + "/client-secrets/" + url.PathEscape(hint), bearer: bearer,
+		url: a.c.base + clientPath(id) + "/client-secrets/" + url.PathEscape(hint), bearer: bearer,
 	})
 	return err
 }
 
 // GetConsent returns the consent method of client id for this tenant
 // (ConsentRequired or ConsentTrusted).
-func (c *Client) GetConsent(ctx context.Context, bearer, id string) (string, error) {
-	if err := checkBearer(bearer); err != nil {
-		return "", err
-	}
+func (a *Admin) GetConsent(ctx context.Context, id string) (string, error) {
 	if err := checkID("client id", id); err != nil {
 		return "", err
 	}
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return "", err
+	}
 	var cc connectionConfig
-	if err := c.getJSON(ctx, endpointConsent, bearer, c.base+clientPath(id)+"/connection-configs/me", &cc); err != nil {
+	if err := a.c.getJSON(ctx, endpointConsent, bearer, a.c.base+clientPath(id)+"/connection-configs/me", &cc); err != nil {
 		return "", err
 	}
 	if cc.ConsentMethod == "" {
@@ -461,18 +469,19 @@ func (c *Client) GetConsent(ctx context.Context, bearer, id string) (string, err
 
 // SetConsent sets the consent method of client id (ConsentRequired or
 // ConsentTrusted); the tenant answers 204.
-func (c *Client) SetConsent(ctx context.Context, bearer, id, method string) error {
-	if err := checkBearer(bearer); err != nil {
-		return err
-	}
+func (a *Admin) SetConsent(ctx context.Context, id, method string) error {
 	if err := checkID("client id", id); err != nil {
 		return err
 	}
 	if method == "" {
 		return fmt.Errorf("%w: consent method is empty", ErrInvalidRequest)
 	}
-	_, _, err := c.send(ctx, request{
-		endpoint: endpointConsent, method: http.MethodPatch, url: c.base + clientPath(id) + "/connection-configs/me",
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return err
+	}
+	_, _, err = a.c.send(ctx, request{
+		endpoint: endpointConsent, method: http.MethodPatch, url: a.c.base + clientPath(id) + "/connection-configs/me",
 		bearer: bearer, body: []PatchOp{{Op: "replace", Path: "/consentMethod", Value: method}},
 	})
 	return err

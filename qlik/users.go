@@ -39,15 +39,16 @@ type UserCreate struct {
 // FindUsers lists the users matching filter, a SCIM filter such as
 // `email eq "ada@example.com"` (build values with QuoteFilterValue); an empty
 // filter lists everyone. It follows links.next for at most 100 pages of 100.
-func (c *Client) FindUsers(ctx context.Context, bearer, filter string) ([]User, error) {
-	if err := checkBearer(bearer); err != nil {
-		return nil, err
-	}
+func (a *Admin) FindUsers(ctx context.Context, filter string) ([]User, error) {
 	q := url.Values{"limit": {strconv.Itoa(usersPageSize)}}
 	if filter != "" {
 		q.Set("filter", filter)
 	}
-	users, err := listAll[User](ctx, c, endpointUsers, bearer, "/api/v1/users", q)
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	users, err := listAll[User](ctx, a.c, endpointUsers, bearer, "/api/v1/users", q)
 	if err != nil {
 		return nil, err
 	}
@@ -63,24 +64,24 @@ func (c *Client) FindUsers(ctx context.Context, bearer, filter string) ([]User, 
 // ErrUserNotFound when there is none and ErrAmbiguousUser when there are
 // several (Qlik does not require emails to be unique). The tenant compares
 // case-insensitively.
-func (c *Client) FindUserByEmail(ctx context.Context, bearer, email string) (User, error) {
+func (a *Admin) FindUserByEmail(ctx context.Context, email string) (User, error) {
 	if email == "" {
 		return User{}, fmt.Errorf("%w: email is empty", ErrInvalidRequest)
 	}
-	return c.findOne(ctx, bearer, "email eq "+QuoteFilterValue(email))
+	return a.findOne(ctx, "email eq "+QuoteFilterValue(email))
 }
 
 // FindUserBySubject returns the one user whose IdP subject is subject, failing
 // like FindUserByEmail.
-func (c *Client) FindUserBySubject(ctx context.Context, bearer, subject string) (User, error) {
+func (a *Admin) FindUserBySubject(ctx context.Context, subject string) (User, error) {
 	if subject == "" {
 		return User{}, fmt.Errorf("%w: subject is empty", ErrInvalidRequest)
 	}
-	return c.findOne(ctx, bearer, "subject eq "+QuoteFilterValue(subject))
+	return a.findOne(ctx, "subject eq "+QuoteFilterValue(subject))
 }
 
-func (c *Client) findOne(ctx context.Context, bearer, filter string) (User, error) {
-	users, err := c.FindUsers(ctx, bearer, filter)
+func (a *Admin) findOne(ctx context.Context, filter string) (User, error) {
+	users, err := a.FindUsers(ctx, filter)
 	switch {
 	case err != nil:
 		return User{}, err
@@ -94,15 +95,16 @@ func (c *Client) findOne(ctx context.Context, bearer, filter string) (User, erro
 
 // CreateUser creates a user, as just-in-time provisioning does, and returns
 // it as the tenant stored it (201).
-func (c *Client) CreateUser(ctx context.Context, bearer string, u UserCreate) (User, error) {
-	if err := checkBearer(bearer); err != nil {
-		return User{}, err
-	}
+func (a *Admin) CreateUser(ctx context.Context, u UserCreate) (User, error) {
 	if u.Subject == "" {
 		return User{}, fmt.Errorf("%w: user subject is empty", ErrInvalidRequest)
 	}
-	_, body, err := c.send(ctx, request{
-		endpoint: endpointUsers, method: http.MethodPost, url: c.base + "/api/v1/users", bearer: bearer, body: u,
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return User{}, err
+	}
+	_, body, err := a.c.send(ctx, request{
+		endpoint: endpointUsers, method: http.MethodPost, url: a.c.base + "/api/v1/users", bearer: bearer, body: u,
 	})
 	if err != nil {
 		return User{}, err
@@ -110,15 +112,16 @@ func (c *Client) CreateUser(ctx context.Context, bearer string, u UserCreate) (U
 	return parseUser(endpointUsers, body)
 }
 
-// Me returns the user bearer acts for (GET /api/v1/users/me): for an
-// impersonation token, the impersonated user; for client credentials, the
-// client's bot user.
-func (c *Client) Me(ctx context.Context, bearer string) (User, error) {
-	if err := checkBearer(bearer); err != nil {
+// Me returns the user the source's token acts for (GET /api/v1/users/me):
+// for an impersonation token, the impersonated user; for client credentials,
+// the client's bot user.
+func (a *Admin) Me(ctx context.Context) (User, error) {
+	bearer, err := a.bearer(ctx)
+	if err != nil {
 		return User{}, err
 	}
-	_, body, err := c.send(ctx, request{
-		endpoint: endpointUsersMe, method: http.MethodGet, url: c.base + "/api/v1/users/me", bearer: bearer,
+	_, body, err := a.c.send(ctx, request{
+		endpoint: endpointUsersMe, method: http.MethodGet, url: a.c.base + "/api/v1/users/me", bearer: bearer,
 	})
 	if err != nil {
 		return User{}, err
