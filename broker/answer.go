@@ -1,11 +1,5 @@
 package broker
 
-// The answer to a token request is built once per token, when it enters
-// the process, so an L1 hit costs no decoding, hashing, JSON encoding or
-// allocation. docs/benchmarks.md ("What was changed to get there") gives
-// the measurements behind each trick here; BenchmarkToken and
-// BenchmarkTokenHandler guard them.
-
 import (
 	"encoding/binary"
 	"encoding/json"
@@ -20,6 +14,12 @@ import (
 
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
+
+// The answer to a token request is built once per token, when it enters
+// the process, so an L1 hit costs no decoding, hashing, JSON encoding or
+// allocation. docs/benchmarks.md ("What was changed to get there") gives
+// the measurements behind each trick here; BenchmarkToken and
+// BenchmarkTokenHandler guard them.
 
 // cached is a token as the broker serves it. Everything a hit needs is
 // computed once, when the token enters the process: the decoded token, its

@@ -8,8 +8,8 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
-// The broker owns CORS: echo's CORS middleware would still run the handler
-// for a disallowed origin, and turns wildcards into regexes.
+// The broker owns CORS (exact origins, checked before any token work)
+// rather than echo's CORS middleware, which turns wildcards into regexes.
 
 // originGuard rejects a disallowed Origin before any session or token work
 // and sets the CORS response headers for an allowed one. echo's CORS

@@ -154,7 +154,7 @@ func (g *guard) do(ctx context.Context, call func(context.Context) (*qlik.Token,
 		if err == nil {
 			return tok, nil
 		}
-		switch qe := status(err, 429); {
+		switch qe := qlikStatus(err, 429); {
 		case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
 			return nil, g.breakerOpen(err)
 		case qe != nil:

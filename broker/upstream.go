@@ -171,7 +171,7 @@ func (u *upstream) impersonate(ctx context.Context, user qlik.UserLookup) (_ *ql
 	ctx, span := u.tracer.Start(ctx, spanUpstream, trace.WithAttributes(attrTenant.String(u.tenant.ID)))
 	defer func() { endSpan(span, spanOutcome(err), err) }()
 	tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
-	if qe := status(err, 401); qe != nil {
+	if qe := qlikStatus(err, 401); qe != nil {
 		return u.unauthorized(ctx, user, qe)
 	}
 	return tok, err
@@ -185,9 +185,9 @@ func (u *upstream) revoke(ctx context.Context, access string) error {
 	return nil
 }
 
-// status returns the tenant's answer beneath err when it has that HTTP
+// qlikStatus returns the tenant's answer beneath err when it has that HTTP
 // status, and nil otherwise.
-func status(err error, code int) *qlik.Error {
+func qlikStatus(err error, code int) *qlik.Error {
 	var qe *qlik.Error
 	if errors.As(err, &qe) && qe.StatusCode == code {
 		return qe
@@ -204,7 +204,7 @@ func status(err error, code int) *qlik.Error {
 func (u *upstream) unauthorized(ctx context.Context, user qlik.UserLookup, qe *qlik.Error) (*qlik.Token, error) {
 	if u.reloadSecret(ctx) {
 		tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
-		again := status(err, 401)
+		again := qlikStatus(err, 401)
 		if again == nil {
 			return tok, err
 		}
@@ -227,7 +227,7 @@ func (u *upstream) unauthorized(ctx context.Context, user qlik.UserLookup, qe *q
 	switch {
 	case errors.As(err, &ue):
 		return nil, err // the check itself was refused: no answer yet
-	case status(err, 401) != nil:
+	case qlikStatus(err, 401) != nil:
 		return nil, u.invalidClient(ctx, qe)
 	case err == nil || errors.As(err, &ce):
 		// The tenant accepted the credentials (or refused only the grant).
