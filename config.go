@@ -532,20 +532,19 @@ func parseLevel(s string) (slog.Level, error) {
 
 // upstreamConfig turns the settings into the broker's upstream protection.
 func (c config) upstreamConfig() broker.UpstreamConfig {
-	retries := c.UpstreamRetries
-	if retries == 0 {
-		retries = -1 // the broker reads 0 as "default"
+	up := broker.DefaultUpstreamConfig()
+	up.Concurrency = c.UpstreamConcurrency
+	up.RatePerMinute = c.UpstreamRate
+	up.Burst = c.UpstreamBurst
+	if up.Burst == 0 {
+		up.Burst = c.UpstreamConcurrency // QTB_UPSTREAM_BURST's default
 	}
-	return broker.UpstreamConfig{
-		Concurrency:     c.UpstreamConcurrency,
-		Rate:            c.UpstreamRate / 60,
-		Burst:           c.UpstreamBurst,
-		SharedRate:      c.UpstreamSharedRate,
-		SharedBurst:     c.UpstreamSharedBurst,
-		Retries:         retries,
-		BreakerFailures: uint32(c.UpstreamBreakerFailures),
-		BreakerOpen:     c.UpstreamBreakerOpen,
-	}
+	up.SharedRatePerMinute = c.UpstreamSharedRate
+	up.SharedBurst = c.UpstreamSharedBurst
+	up.Retries = c.UpstreamRetries
+	up.BreakerFailures = uint32(c.UpstreamBreakerFailures)
+	up.BreakerOpen = c.UpstreamBreakerOpen
+	return up
 }
 
 // serviceEnabled reports whether service credentials are configured.

@@ -164,7 +164,10 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg, metrics.BuildInfo{Version: version, Revision: revision})
 
-	var shared broker.Shared
+	var (
+		shared  broker.Shared
+		limiter broker.SharedLimiter
+	)
 	if cfg.redisEnabled() {
 		opts := cfg.redisOptions()
 		opts.OnStateChange = func(degraded bool) {
@@ -186,6 +189,9 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 			log.Warn("redis not reachable at start; serving from the in-process cache and the tenant until it is", "err", err)
 		}
 		shared = rdb
+		if cfg.UpstreamSharedRate > 0 {
+			limiter = rdb
+		}
 	}
 	var keyring *cache.Keyring
 	if cfg.CacheKey != "" {
@@ -196,9 +202,11 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		log.Warn("QTB_CACHE_KEY is not set: tokens are stored in Redis unsealed")
 	}
 
+	upstream := cfg.upstreamConfig()
 	b, err := broker.New(broker.Config{
 		Tenants:      tenants,
-		Upstream:     cfg.upstreamConfig(),
+		Upstream:     &upstream,
+		Limiter:      limiter,
 		L1MaxEntries: cfg.L1MaxEntries,
 		NoL1:         !cfg.L1Enabled,
 		L1TTL:        cfg.L1TTL,
@@ -246,17 +254,17 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		defer serviceVerifier.Close()
 	}
 	api := broker.NewAPI(broker.APIConfig{
-		Broker:          b,
-		Verifier:        verifier,
-		SessionCookie:   cfg.SessionCookie,
-		AllowedOrigins:  cfg.CORSOrigins,
-		Ready:           verifier.Ready,
-		ServiceVerifier: serviceVerifier,
-		Proxy:           broker.ProxyConfig{Timeout: cfg.ProxyTimeout, MaxRequestBytes: int64(cfg.ProxyMaxBody), Websocket: cfg.ProxyWebsocket},
-		UserRate:        cfg.UserRate / 60,
-		UserBurst:       cfg.UserBurst,
-		Metrics:         m,
-		Logger:          log,
+		Broker:            b,
+		Verifier:          verifier,
+		SessionCookie:     cfg.SessionCookie,
+		AllowedOrigins:    cfg.CORSOrigins,
+		Ready:             verifier.Ready,
+		ServiceVerifier:   serviceVerifier,
+		Proxy:             broker.ProxyConfig{Timeout: cfg.ProxyTimeout, MaxRequestBytes: int64(cfg.ProxyMaxBody), Websocket: cfg.ProxyWebsocket},
+		UserRatePerMinute: cfg.UserRate,
+		UserBurst:         cfg.UserBurst,
+		Metrics:           m,
+		Logger:            log,
 	})
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)

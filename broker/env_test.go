@@ -117,12 +117,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.issuer != nil {
 		issuer = o.issuer(qc)
 	}
+	upstream := broker.DefaultUpstreamConfig()
 	cfg := broker.Config{
-		Tenants: []broker.Tenant{{ID: "acme", URL: tn.URL(), Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
-		Shared:  o.shared,
-		Keyring: o.keyring,
-		Metrics: m,
-		Now:     clk.Now,
+		Tenants:  []broker.Tenant{{ID: "acme", URL: tn.URL(), Issuer: issuer, Credentials: qlik.Credentials{ClientID: oc.ID, ClientSecret: oc.Secret}, Scope: "user_default"}},
+		Shared:   o.shared,
+		Keyring:  o.keyring,
+		Metrics:  m,
+		Now:      clk.Now,
+		Upstream: &upstream,
 	}
 	if o.proxyURL != nil {
 		cfg.Tenants[0].URL = o.proxyURL(tn.URL())
@@ -149,7 +151,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	api := broker.NewAPI(broker.APIConfig{
 		Broker: b, Verifier: v, SessionCookie: o.cookie, AllowedOrigins: o.origins,
-		Ready: v.Ready, Metrics: m, UserRate: o.userRate, ServiceVerifier: sv, Logger: logger, Proxy: o.proxy,
+		Ready: v.Ready, Metrics: m, UserRatePerMinute: o.userRate * 60, UserBurst: 10, ServiceVerifier: sv, Logger: logger, Proxy: o.proxy,
 	})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)

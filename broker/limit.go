@@ -20,9 +20,6 @@ type userLimiter struct {
 }
 
 func newUserLimiter(perSecond float64, burst int, now func() time.Time) *userLimiter {
-	if burst <= 0 {
-		burst = 10
-	}
 	return &userLimiter{rate: rate.Limit(perSecond), burst: burst, now: now,
 		buckets: make(map[string]*rate.Limiter), sweepAt: 1024}
 }

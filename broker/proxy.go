@@ -43,11 +43,6 @@ type ProxyConfig struct {
 // can be sent again after a 401; larger bodies stream and are not retried.
 const replayLimit = 1 << 20
 
-var (
-	errPathNotAllowed = errors.New("broker: proxy path not allowed")
-	errWebsocketOff   = errors.New("broker: websocket pass-through is off")
-)
-
 type proxyCtxKey struct{}
 
 // proxyCall is what the transport needs to retry one request.

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"errors"
 	"slices"
 
 	"github.com/labstack/echo/v4"
@@ -15,11 +14,6 @@ type serviceTokenRequest struct {
 	Tenant     string          `json:"tenant"`
 	UserLookup qlik.UserLookup `json:"user_lookup"`
 }
-
-var (
-	errServiceScope = errors.New("broker: service credential not scoped to this tenant")
-	errBadRequest   = errors.New("broker: bad request body")
-)
 
 // serviceToken hands an OEM backend (a scheduled job, no user session) a
 // token for any user of a tenant its service credential is scoped to. The

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/qtb-dev/qlik-token-broker/broker"
+	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -23,8 +24,9 @@ func sharedRateDeployment(t *testing.T, replicas int, perMinute float64, burst i
 	t.Helper()
 	d := newDeployment(t, 0, newKeyring(t, "k1"), tenantOpts...)
 	d.tune = func(c *broker.Config) {
-		c.Upstream.SharedRate = perMinute
+		c.Upstream.SharedRatePerMinute = perMinute
 		c.Upstream.SharedBurst = burst
+		c.Limiter = c.Shared.(*cache.Redis)
 		if tune != nil {
 			tune(c)
 		}
@@ -122,7 +124,7 @@ func TestSharedUpstreamRate(t *testing.T) {
 func TestSharedUpstreamRateFailsOpen(t *testing.T) {
 	const replicas, localBurst, users = 2, 3, 20
 	d := sharedRateDeployment(t, replicas, 1, 1, func(c *broker.Config) {
-		c.Upstream.Rate = 1.0 / 60
+		c.Upstream.RatePerMinute = 1
 		c.Upstream.Burst = localBurst
 		c.FetchTimeout = time.Second
 	})
@@ -175,11 +177,13 @@ func TestSharedUpstreamRateCoversRefreshes(t *testing.T) {
 // TestSharedUpstreamRateNeedsRedis: a shared rate with nowhere to count it
 // is a configuration error, not a limit silently off.
 func TestSharedUpstreamRateNeedsRedis(t *testing.T) {
+	upstream := broker.DefaultUpstreamConfig()
+	upstream.SharedRatePerMinute = 90
 	_, err := broker.New(broker.Config{
 		Metrics:  metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"}),
-		Upstream: broker.UpstreamConfig{SharedRate: 90},
+		Upstream: &upstream,
 	})
-	if err == nil || !strings.Contains(err.Error(), "shared upstream rate needs a Shared store") {
+	if err == nil || !strings.Contains(err.Error(), "shared upstream rate needs a Limiter") {
 		t.Fatalf("New with a shared rate and no Redis = %v", err)
 	}
 }

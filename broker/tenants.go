@@ -13,11 +13,19 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
-// ErrUnknownTenant means the session names no tenant this broker serves.
-var ErrUnknownTenant = errors.New("broker: unknown tenant")
-
 // tenantIDPattern keeps tenant ids safe in Redis key names and metric labels.
 var tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// ValidTenantID reports whether id can name a tenant: lower-case letters,
+// digits, '.', '_' and '-', starting with a letter or digit, at most 63
+// characters, since it goes into Redis key names and metric labels. It
+// fails with ErrInvalidTenantID.
+func ValidTenantID(id string) error {
+	if !tenantIDPattern.MatchString(id) {
+		return fmt.Errorf("%w %q: must match %s", ErrInvalidTenantID, id, tenantIDPattern)
+	}
+	return nil
+}
 
 // tenantSet is one immutable generation of the registry; SetTenants swaps
 // it whole, so a request sees either the old set or the new one.
@@ -32,11 +40,10 @@ type tenantSet struct {
 func (b *Broker) SetTenants(tenants []Tenant) error {
 	var errs []error
 	seen := map[string]bool{}
-	for i, t := range tenants {
-		switch {
-		case !tenantIDPattern.MatchString(t.ID):
-			errs = append(errs, fmt.Errorf("broker: tenant %d: id %q must match %s", i, t.ID, tenantIDPattern))
-		case seen[t.ID]:
+	for _, t := range tenants {
+		if err := ValidTenantID(t.ID); err != nil {
+			errs = append(errs, err)
+		} else if seen[t.ID] {
 			errs = append(errs, fmt.Errorf("broker: tenant %q is listed twice", t.ID))
 		}
 		seen[t.ID] = true
@@ -64,7 +71,7 @@ func (b *Broker) SetTenants(tenants []Tenant) error {
 			}
 		}
 		if up == nil {
-			up = newUpstream(b, t, b.upstreamCfg)
+			up = newUpstream(t, newGuard(t.Issuer, b.guardConfig(t.ID)), b.tracer, b.deps)
 		}
 		set.byID[t.ID] = up
 	}
@@ -73,6 +80,15 @@ func (b *Broker) SetTenants(tenants []Tenant) error {
 	}
 	b.tenants.Store(set)
 	return nil
+}
+
+// guardConfig is what the guard of a new tenant gets from the broker.
+func (b *Broker) guardConfig(tenant string) guardConfig {
+	gc := guardConfig{tenant: tenant, upstream: b.upstreamCfg, limiter: b.limiter, deps: b.deps}
+	if b.shared != nil {
+		gc.cooldowns = b.shared
+	}
+	return gc
 }
 
 // TenantIDs lists the tenants served, sorted.
@@ -135,7 +151,7 @@ func (b *Broker) userIDByEmail(ctx context.Context, up *upstream, email string) 
 	if up.tenant.Directory == nil {
 		return "", fmt.Errorf("%w: tenant %s has no users directory for email lookups", ErrUnknownUser, up.tenant.ID)
 	}
-	key := "qtb:email:" + up.tenant.ID + b.hashTag(up.tenant.Credentials.ClientID, email)
+	key := b.emailKey(up, email)
 	if userID, ok := b.emails.Get(key); ok {
 		return userID, nil
 	}
@@ -158,7 +174,7 @@ func (b *Broker) userIDByEmail(ctx context.Context, up *upstream, email string) 
 		defer cancel()
 		start := b.now()
 		userID, err := up.tenant.Directory.UserIDByEmail(ctx, email)
-		b.observeUpstream(up.tenant.ID, "users", start, err)
+		observeUpstream(b.m, up.tenant.ID, "users", b.now().Sub(start), err)
 		return userID, err
 	})
 	if err != nil {

@@ -85,7 +85,7 @@ func spanOutcome(err error) string {
 	var ue *UnavailableError
 	switch {
 	case errors.As(err, &ue):
-		return ue.Cause
+		return ue.Cause.String()
 	case errors.Is(err, ErrUnknownUser):
 		return "unknown_user"
 	case errors.Is(err, ErrInvalidClient):

@@ -265,7 +265,7 @@ func TestColdStartQueues(t *testing.T) {
 		issuer:    func(i broker.Issuer) broker.Issuer { counter = &countingIssuer{Issuer: i}; return counter },
 		tune: func(c *broker.Config) {
 			c.Upstream.Concurrency = concurrency
-			c.Upstream.Rate = 90.0 / 60 // under the tenant's 100/min
+			c.Upstream.RatePerMinute = 90 // under the tenant's 100/min
 			c.Upstream.Burst = 10
 			c.FetchTimeout = 2 * time.Second
 		},
@@ -289,7 +289,7 @@ func TestColdStartQueues(t *testing.T) {
 			switch {
 			case err == nil:
 				ok.Add(1)
-			case errors.As(err, &ue) && ue.Cause == metrics.RejectQueueTimeout && ue.RetryAfter > 0:
+			case errors.As(err, &ue) && ue.Cause == broker.CauseQueueTimeout && ue.RetryAfter > 0:
 				busy.Add(1)
 			case errors.Is(err, context.DeadlineExceeded):
 				// Let through with time to spare, but the machine was too

@@ -1,0 +1,288 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/qtb-dev/qlik-token-broker/metrics"
+	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/session"
+)
+
+// Sentinel errors of the broker, to branch on with errors.Is; classify
+// maps them to HTTP statuses.
+var (
+	// ErrUpstream wraps every failed call to the tenant; errors.As finds
+	// the *qlik.Error or network error beneath it.
+	ErrUpstream = errors.New("broker: upstream call failed")
+	// ErrTokenTooShortLived means the tenant issued a token with less than
+	// MinTokenTTL to live, so it cannot be served.
+	ErrTokenTooShortLived = errors.New("broker: tenant issued a token that expires too soon")
+	// ErrFetchPanicked means the upstream call panicked; the panic is logged.
+	ErrFetchPanicked = errors.New("broker: token fetch panicked")
+	// ErrUnknownTenant means the session names no tenant this broker serves.
+	ErrUnknownTenant = errors.New("broker: unknown tenant")
+	// ErrUnknownUser means the tenant has no active user for the lookup.
+	ErrUnknownUser = errors.New("broker: the tenant does not know this user")
+	// ErrInvalidClient means the tenant refused the broker's own client
+	// credentials: an operator must fix them.
+	ErrInvalidClient = errors.New("broker: the tenant refused the client credentials")
+	// ErrInvalidTenantID means a tenant id that cannot name a tenant in
+	// Redis key names and metric labels (see ValidTenantID).
+	ErrInvalidTenantID = errors.New("broker: invalid tenant id")
+)
+
+// Errors the package keeps to itself; each is answered by classify.
+var (
+	errBadCachedToken   = errors.New("broker: malformed cached token")
+	errSharedRate       = errors.New("broker: the tenant's shared rate limit has no room before the deadline")
+	errOriginNotAllowed = errors.New("broker: origin not allowed")
+	errPathNotAllowed   = errors.New("broker: proxy path not allowed")
+	errWebsocketOff     = errors.New("broker: websocket pass-through is off")
+	errServiceScope     = errors.New("broker: service credential not scoped to this tenant")
+	errBadRequest       = errors.New("broker: bad request body")
+)
+
+// Cause is why a token request was refused without a token from the
+// tenant. Its String is the label value of the rejections metric: this is
+// the one place causes become labels.
+type Cause uint8
+
+// The causes of a refusal. The first four are the guard's, carried by an
+// UnavailableError (a 503 with Retry-After).
+const (
+	// CauseCooldown: the tenant answered 429 and its Retry-After has not
+	// passed (here or at another replica).
+	CauseCooldown Cause = iota + 1
+	// CauseBreakerOpen: the tenant keeps failing; it is not asked for a
+	// while.
+	CauseBreakerOpen
+	// CauseQueueTimeout: no concurrency slot or local rate token came
+	// before the deadline.
+	CauseQueueTimeout
+	// CauseSharedRate: the replicas' shared rate limit had no room before
+	// the deadline.
+	CauseSharedRate
+	// CauseUserRateLimit: one identity asked too often (a 429).
+	CauseUserRateLimit
+	// CauseUnknownUser: the tenant does not know the Qlik user.
+	CauseUnknownUser
+	// CauseInvalidClient: the tenant refused the broker's client
+	// credentials.
+	CauseInvalidClient
+)
+
+// String returns the cause's label value in the rejections metric.
+func (c Cause) String() string {
+	switch c {
+	case CauseCooldown:
+		return metrics.RejectCooldown
+	case CauseBreakerOpen:
+		return metrics.RejectBreakerOpen
+	case CauseQueueTimeout:
+		return metrics.RejectQueueTimeout
+	case CauseSharedRate:
+		return metrics.RejectSharedRate
+	case CauseUserRateLimit:
+		return metrics.RejectUserRateLimit
+	case CauseUnknownUser:
+		return metrics.RejectUnknownUser
+	case CauseInvalidClient:
+		return metrics.RejectInvalidClient
+	}
+	return "unknown"
+}
+
+// reject counts a refusal by its cause.
+func reject(m *metrics.Metrics, c Cause) {
+	m.Rejections.WithLabelValues(c.String()).Inc()
+}
+
+// UnavailableError is a token request refused because the tenant may not
+// be asked now; the caller should retry after RetryAfter.
+type UnavailableError struct {
+	// Cause is one of CauseCooldown, CauseBreakerOpen, CauseQueueTimeout
+	// and CauseSharedRate.
+	Cause      Cause
+	RetryAfter time.Duration
+	Err        error
+}
+
+// Error says which cause refused the call, and why when known.
+func (e *UnavailableError) Error() string {
+	msg := "broker: tenant not asked (" + e.Cause.String() + ")"
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Unwrap returns the error that caused the refusal, if any.
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// userRateLimitedError is a caller over its per-identity rate.
+type userRateLimitedError struct{ retryAfter time.Duration }
+
+func (e *userRateLimitedError) Error() string { return "broker: identity over its request rate" }
+
+// errorBody is the JSON body of every error response.
+type errorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+// apiError is an error as the caller sees it.
+type apiError struct {
+	status     int
+	code       string
+	message    string
+	retryAfter time.Duration
+}
+
+// handleError is the one place errors become HTTP responses. Internal detail
+// goes to the log, never to the caller.
+func (a *API) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	ae := classify(err)
+	ctx := c.Request().Context()
+	switch {
+	case ae.status >= 500:
+		a.log.ErrorContext(ctx, "request failed", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	case ae.status == http.StatusUnauthorized || ae.status == http.StatusForbidden:
+		a.log.InfoContext(ctx, "request refused", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	default:
+		a.log.DebugContext(ctx, "request rejected", "route", c.Path(), "status", ae.status, "code", ae.code, "err", err)
+	}
+	h := c.Response().Header()
+	if ae.status == http.StatusUnauthorized {
+		h.Set(echo.HeaderWWWAuthenticate, `Bearer realm="qlik-token-broker", error="invalid_token"`)
+	}
+	if ae.retryAfter > 0 {
+		h.Set(echo.HeaderRetryAfter, strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))
+	}
+	h.Set("Cache-Control", "no-store")
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(ae.status)
+		return
+	}
+	_ = c.JSON(ae.status, errorBody{Error: ae.code, Message: ae.message})
+}
+
+// classify maps an error to what the caller is told.
+func classify(err error) apiError {
+	var (
+		se *session.Error
+		qe *qlik.Error
+		he *echo.HTTPError
+		ue *UnavailableError
+		re *userRateLimitedError
+	)
+	switch {
+	case errors.As(err, &re):
+		return apiError{status: http.StatusTooManyRequests, code: "rate_limited",
+			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
+	case errors.As(err, &ue):
+		return classifyUnavailable(ue)
+	case errors.Is(err, errPathNotAllowed):
+		return apiError{status: http.StatusForbidden, code: "path_not_allowed",
+			message: "this path may not be reached through the broker"}
+	case errors.Is(err, errWebsocketOff):
+		return apiError{status: http.StatusForbidden, code: "websocket_not_allowed",
+			message: "websocket pass-through is off for this path"}
+	case errors.Is(err, errServiceScope):
+		return apiError{status: http.StatusForbidden, code: "tenant_not_allowed",
+			message: "this service credential may not act in that tenant"}
+	case errors.Is(err, errBadRequest):
+		return apiError{status: http.StatusBadRequest, code: "bad_request",
+			message: `the body must be {"tenant": "...", "user_lookup": {"field": "userId"|"subject", "value": "..."}}`}
+	case errors.Is(err, ErrUnknownTenant):
+		return apiError{status: http.StatusForbidden, code: "unknown_tenant",
+			message: "the session names no tenant this broker serves"}
+	case errors.Is(err, ErrUnknownUser):
+		return apiError{status: http.StatusForbidden, code: "unknown_user",
+			message: "the Qlik tenant has no active user matching this session"}
+	case errors.Is(err, ErrInvalidClient):
+		return apiError{status: http.StatusBadGateway, code: "upstream_misconfigured",
+			message: "the Qlik tenant refused the broker's OAuth client credentials; an operator must fix them"}
+	case errors.As(err, &se):
+		return apiError{status: http.StatusUnauthorized, code: "invalid_session",
+			message: "the session token was rejected (" + string(se.Reason) + ")"}
+	case errors.Is(err, errOriginNotAllowed):
+		return apiError{status: http.StatusForbidden, code: "origin_not_allowed",
+			message: "this origin may not call the token broker"}
+	case errors.As(err, &qe):
+		return classifyUpstream(qe)
+	case errors.Is(err, qlik.ErrMalformedResponse), errors.Is(err, ErrTokenTooShortLived):
+		return apiError{status: http.StatusBadGateway, code: "upstream_malformed",
+			message: "the Qlik tenant sent an unusable token response"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return apiError{status: http.StatusGatewayTimeout, code: "upstream_timeout",
+			message: "the Qlik tenant did not answer in time"}
+	case errors.Is(err, context.Canceled):
+		// The caller went away; the status is for the logs and metrics.
+		return apiError{status: 499, code: "canceled", message: "request canceled"}
+	case errors.As(err, &he):
+		return classifyEcho(he)
+	case errors.Is(err, ErrFetchPanicked):
+		return apiError{status: http.StatusInternalServerError, code: "internal", message: "internal error"}
+	}
+	if errors.Is(err, ErrUpstream) {
+		return apiError{status: http.StatusBadGateway, code: "upstream_unavailable",
+			message: "the Qlik tenant could not be reached"}
+	}
+	return apiError{status: http.StatusInternalServerError, code: "internal", message: "internal error"}
+}
+
+func classifyUnavailable(ue *UnavailableError) apiError {
+	ae := apiError{status: http.StatusServiceUnavailable, retryAfter: ue.RetryAfter}
+	switch ue.Cause {
+	case CauseCooldown:
+		ae.code, ae.message = "upstream_rate_limited", "the Qlik tenant is rate limiting token requests; retry later"
+	case CauseBreakerOpen:
+		ae.code, ae.message = "upstream_unavailable", "the Qlik tenant is failing; retry later"
+	default:
+		ae.code, ae.message = "upstream_busy", "too many token requests are waiting for the Qlik tenant; retry later"
+	}
+	return ae
+}
+
+func classifyUpstream(qe *qlik.Error) apiError {
+	switch {
+	case qe.StatusCode == http.StatusTooManyRequests:
+		return apiError{status: http.StatusServiceUnavailable, code: "upstream_rate_limited",
+			message: "the Qlik tenant is rate limiting token requests; retry later", retryAfter: qe.RetryAfter}
+	case qe.StatusCode == http.StatusForbidden:
+		return apiError{status: http.StatusForbidden, code: "user_forbidden",
+			message: "the Qlik tenant refused a token for this user (disabled, or too many tokens)"}
+	case qe.StatusCode >= 500:
+		return apiError{status: http.StatusBadGateway, code: "upstream_unavailable",
+			message: "the Qlik tenant failed to issue a token"}
+	default:
+		return apiError{status: http.StatusBadGateway, code: "upstream_rejected",
+			message: "the Qlik tenant rejected the token request"}
+	}
+}
+
+func classifyEcho(he *echo.HTTPError) apiError {
+	code := map[int]string{
+		http.StatusNotFound:              "not_found",
+		http.StatusMethodNotAllowed:      "method_not_allowed",
+		http.StatusRequestEntityTooLarge: "request_too_large",
+		http.StatusUnauthorized:          "invalid_session",
+		http.StatusBadRequest:            "bad_request",
+		http.StatusBadGateway:            "upstream_unavailable",
+		http.StatusGatewayTimeout:        "upstream_timeout",
+	}[he.Code]
+	if code == "" {
+		code = "error"
+	}
+	return apiError{status: he.Code, code: code, message: strings.ToLower(http.StatusText(he.Code))}
+}
