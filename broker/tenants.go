@@ -19,6 +19,16 @@ var ErrUnknownTenant = errors.New("broker: unknown tenant")
 // tenantIDPattern keeps tenant ids safe in Redis key names and metric labels.
 var tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
+// ValidTenantID reports whether id may name a tenant. Ids appear in Redis
+// key names and metric labels, so this is the one rule for them: the
+// configuration and the provision command check ids with it too.
+func ValidTenantID(id string) error {
+	if !tenantIDPattern.MatchString(id) {
+		return fmt.Errorf("tenant id %q: use 1 to 63 lower-case letters, digits, '.', '_' and '-', starting with a letter or digit", id)
+	}
+	return nil
+}
+
 // tenantSet is one immutable generation of the registry; SetTenants swaps
 // it whole, so a request sees either the old set or the new one.
 type tenantSet struct {
