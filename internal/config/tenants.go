@@ -1,17 +1,10 @@
 package config
 
 import (
-	"bytes"
-	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
-	"os/signal"
+	"net/http"
 	"strings"
-	"syscall"
-	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -19,7 +12,8 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
 
-// tenantsFile is the YAML file named by QTB_TENANTS_FILE.
+// TenantsFile is the YAML file named by QTB_TENANTS_FILE, which the
+// provision command also writes.
 //
 //	tenants:
 //	  - id: acme
@@ -33,11 +27,13 @@ import (
 //	    adminClientSecretFile: /etc/.../admin-secret
 //	    createUsers: false                  # create unknown emails just in time
 //	    proxyPaths: [/api/v1/]              # what /v1/qlik/* may reach
-type tenantsFile struct {
-	Tenants []tenantEntry `json:"tenants"`
+type TenantsFile struct {
+	Tenants []TenantEntry `json:"tenants"`
 }
 
-type tenantEntry struct {
+// TenantEntry is one tenant of a tenants file. Secrets are never inline:
+// the entry names the files that hold them.
+type TenantEntry struct {
 	ID                    string   `json:"id"`
 	URL                   string   `json:"url"`
 	ClientID              string   `json:"clientId"`
@@ -51,103 +47,191 @@ type tenantEntry struct {
 	ProxyPaths            []string `json:"proxyPaths,omitempty"`
 }
 
-// parseTenantsFile decodes and checks a tenants file strictly: unknown keys
-// are errors (a typo must not silently drop a setting). Secrets are read
-// from their files here, so a broken mount is caught before the swap.
-func parseTenantsFile(raw []byte, c config) ([]broker.Tenant, error) {
-	var f tenantsFile
+// ValidTenantID reports whether id may name a tenant: the broker's rule
+// (broker.ValidTenantID), for the code that does not import the broker.
+func ValidTenantID(id string) error { return broker.ValidTenantID(id) }
+
+// ParseTenantsFile decodes a tenants file strictly: unknown keys are errors
+// (a typo must not silently drop a setting). It reads no secret.
+func ParseTenantsFile(raw []byte) (TenantsFile, error) {
+	var f TenantsFile
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
+		return TenantsFile{}, err
+	}
+	return f, nil
+}
+
+// Tenant is a tenants-file entry as loaded: the entry and the secrets its
+// files hold.
+type Tenant struct {
+	TenantEntry
+	ClientSecret      Secret
+	AdminClientSecret Secret
+	// readErrs are the problems reading its secret files.
+	readErrs []error
+}
+
+// ReadTenants decodes a tenants file and reads the secret files it names,
+// so a broken mount is caught before the tenants are swapped in. Problems
+// with the entries, a secret that could not be read included, are left to
+// Validate; the error is the file's own (not YAML, unknown keys, empty).
+func ReadTenants(raw []byte) ([]Tenant, error) {
+	f, err := ParseTenantsFile(raw)
+	if err != nil {
 		return nil, fmt.Errorf("tenants file: %w", err)
 	}
-	var errs []error
-	tenants := make([]broker.Tenant, 0, len(f.Tenants))
+	if len(f.Tenants) == 0 {
+		return nil, errors.New("tenants file lists no tenants")
+	}
+	tenants := make([]Tenant, len(f.Tenants))
 	for i, e := range f.Tenants {
-		name := e.ID
+		t := Tenant{TenantEntry: e}
+		if e.ClientSecretFile != "" {
+			if t.ClientSecret, err = ReadSecretFile(e.ClientSecretFile); err != nil {
+				t.readErrs = append(t.readErrs, fmt.Errorf("clientSecretFile: %w", err))
+			}
+		}
+		if e.AdminClientID != "" && e.AdminClientSecretFile != "" {
+			if t.AdminClientSecret, err = ReadSecretFile(e.AdminClientSecretFile); err != nil {
+				t.readErrs = append(t.readErrs, fmt.Errorf("adminClientSecretFile: %w", err))
+			}
+		}
+		tenants[i] = t
+	}
+	return tenants, nil
+}
+
+// checkTenants returns the problems of the tenants, each named by its
+// tenant, without I/O.
+func checkTenants(tenants []Tenant) error {
+	var errs []error
+	seen := make(map[string]bool, len(tenants))
+	for i, t := range tenants {
+		name := t.ID
 		if name == "" {
 			name = fmt.Sprintf("#%d", i+1)
 		}
-		t, err := e.tenant(c)
-		if err != nil {
+		if err := t.check(); err != nil {
 			errs = append(errs, fmt.Errorf("tenant %s: %w", name, err))
-			continue
 		}
-		tenants = append(tenants, t)
+		if seen[t.ID] && t.ID != "" {
+			errs = append(errs, fmt.Errorf("tenant %s is listed twice", name))
+		}
+		seen[t.ID] = true
 	}
-	if len(f.Tenants) == 0 {
-		errs = append(errs, errors.New("tenants file lists no tenants"))
-	}
-	return tenants, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
-func (e tenantEntry) tenant(c config) (broker.Tenant, error) {
+func (t Tenant) check() error {
 	var errs []error
-	if e.ClientID == "" {
+	if t.ID == "" {
+		errs = append(errs, errors.New("id is required"))
+	} else if err := ValidTenantID(t.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if t.ClientID == "" {
 		errs = append(errs, errors.New("clientId is required"))
 	}
-	if e.ClientSecretFile == "" {
+	if t.ClientSecretFile == "" {
 		errs = append(errs, errors.New("clientSecretFile is required (secrets are never inline)"))
 	}
-	switch e.UserLookup {
+	switch t.UserLookup {
 	case "", qlik.FieldUserID, qlik.FieldSubject, "email":
 	default:
-		errs = append(errs, fmt.Errorf("userLookup must be userId, subject or email, got %q", e.UserLookup))
+		errs = append(errs, fmt.Errorf("userLookup must be userId, subject or email, got %q", t.UserLookup))
 	}
-	for _, o := range e.AllowedOrigins {
-		if err := checkOrigin(o); err != nil {
+	for _, o := range t.AllowedOrigins {
+		if err := CheckOrigin(o); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, p := range e.ProxyPaths {
+	for _, p := range t.ProxyPaths {
 		if !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || strings.Contains(p, "..") {
 			errs = append(errs, fmt.Errorf("proxyPaths: %q must be a path prefix like /api/v1/", p))
 		}
 	}
-	client, err := qlik.New(e.URL, qlik.Options{HTTPClient: c.upstreamHTTPClient()})
-	if err != nil {
+	if err := checkTenantURL(t.URL); err != nil {
 		errs = append(errs, err)
 	}
-	secret, err := readSecretFile(e.ClientSecretFile)
-	if e.ClientSecretFile != "" && err != nil {
-		errs = append(errs, fmt.Errorf("clientSecretFile: %w", err))
-	}
-	var dir broker.Directory
-	if e.AdminClientID != "" {
-		adminSecret, err := readSecretFile(e.AdminClientSecretFile)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("adminClientSecretFile: %w", err))
-		}
-		if client != nil {
-			dir = &broker.QlikDirectory{Client: client, CreateUsers: e.CreateUsers,
-				Admin: qlik.Credentials{ClientID: e.AdminClientID, ClientSecret: string(adminSecret)}}
-		}
-	} else if e.UserLookup == "email" || e.CreateUsers {
+	switch {
+	case t.AdminClientID != "" && t.AdminClientSecretFile == "":
+		errs = append(errs, errors.New("adminClientSecretFile is required with adminClientId"))
+	case t.AdminClientID == "" && (t.UserLookup == "email" || t.CreateUsers):
 		errs = append(errs, errors.New("email lookups need adminClientId and adminClientSecretFile"))
 	}
-	if len(errs) > 0 {
-		return broker.Tenant{}, errors.Join(errs...)
+	return errors.Join(append(errs, t.readErrs...)...)
+}
+
+// BrokerTenants returns the tenants to serve: the tenants file's, or the
+// one of the QTB_TENANT_URL and QTB_CLIENT_* settings. Their calls go
+// through hc. Validate reports anything it would fail on.
+func (c Config) BrokerTenants(hc *http.Client) ([]broker.Tenant, error) {
+	if c.TenantsFile == "" {
+		t, err := c.singleTenant(hc)
+		return []broker.Tenant{t}, err
 	}
-	scope := e.Scope
+	return brokerTenants(c.Tenants, c.Scope, hc)
+}
+
+// ReloadTenants reads a new version of the tenants file as Load does, checks
+// it as Validate does, and returns its tenants, or every problem and none.
+func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, error) {
+	tenants, err := ReadTenants(raw)
+	if err == nil {
+		err = checkTenants(tenants)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return brokerTenants(tenants, c.Scope, hc)
+}
+
+func brokerTenants(tenants []Tenant, scope string, hc *http.Client) ([]broker.Tenant, error) {
+	out := make([]broker.Tenant, 0, len(tenants))
+	var errs []error
+	for _, t := range tenants {
+		bt, err := t.tenant(scope, hc)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tenant %s: %w", t.ID, err))
+			continue
+		}
+		out = append(out, bt)
+	}
+	return out, errors.Join(errs...)
+}
+
+func (t Tenant) tenant(defaultScope string, hc *http.Client) (broker.Tenant, error) {
+	client, err := qlik.New(t.URL, qlik.Options{HTTPClient: hc})
+	if err != nil {
+		return broker.Tenant{}, err
+	}
+	var dir broker.Directory
+	if t.AdminClientID != "" {
+		dir = &broker.QlikDirectory{Client: client, CreateUsers: t.CreateUsers,
+			Admin: qlik.Credentials{ClientID: t.AdminClientID, ClientSecret: string(t.AdminClientSecret)}}
+	}
+	scope := t.Scope
 	if scope == "" {
-		scope = c.Scope
+		scope = defaultScope
 	}
 	return broker.Tenant{
-		ID:             e.ID,
+		ID:             t.ID,
 		URL:            client.BaseURL(),
 		Issuer:         client,
-		Credentials:    qlik.Credentials{ClientID: e.ClientID, ClientSecret: string(secret)},
+		Credentials:    qlik.Credentials{ClientID: t.ClientID, ClientSecret: string(t.ClientSecret)},
 		Scope:          scope,
-		UserLookup:     e.UserLookup,
-		ReloadSecret:   secretReloader(e.ClientSecretFile),
-		AllowedOrigins: e.AllowedOrigins,
+		UserLookup:     t.UserLookup,
+		ReloadSecret:   secretReloader(t.ClientSecretFile),
+		AllowedOrigins: t.AllowedOrigins,
 		Directory:      dir,
-		ProxyPaths:     e.ProxyPaths,
+		ProxyPaths:     t.ProxyPaths,
 	}, nil
 }
 
 // singleTenant is the registry of one built from the QTB_TENANT_URL,
 // QTB_CLIENT_* variables.
-func (c config) singleTenant() (broker.Tenant, error) {
-	client, err := qlik.New(c.TenantURL, qlik.Options{HTTPClient: c.upstreamHTTPClient()})
+func (c Config) singleTenant(hc *http.Client) (broker.Tenant, error) {
+	client, err := qlik.New(c.TenantURL, qlik.Options{HTTPClient: hc})
 	if err != nil {
 		return broker.Tenant{}, fmt.Errorf("QTB_TENANT_URL: %w", err)
 	}
@@ -172,70 +256,7 @@ func secretReloader(path string) func() (string, error) {
 		return nil
 	}
 	return func() (string, error) {
-		s, err := readSecretFile(path)
+		s, err := ReadSecretFile(path)
 		return string(s), err
-	}
-}
-
-// loadTenants returns the registry the configuration describes.
-func (c config) loadTenants() ([]broker.Tenant, error) {
-	if c.TenantsFile == "" {
-		t, err := c.singleTenant()
-		return []broker.Tenant{t}, err
-	}
-	raw, err := os.ReadFile(c.TenantsFile)
-	if err != nil {
-		return nil, fmt.Errorf("QTB_TENANTS_FILE: %w", err)
-	}
-	return parseTenantsFile(raw, c)
-}
-
-// notifyHUP starts catching SIGHUP (before the watcher goroutine runs, so
-// an early signal cannot kill the process) until stop is called.
-func notifyHUP() (ch <-chan os.Signal, stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	return hup, func() { signal.Stop(hup) }
-}
-
-// watchTenants reloads the tenants file when its content changes (polled,
-// which also sees Kubernetes' ConfigMap symlink swaps) or on SIGHUP, until
-// ctx is done. A file that fails to parse or validate is logged and
-// ignored: the previous registry stays.
-func watchTenants(ctx context.Context, c config, b *broker.Broker, log *slog.Logger, every time.Duration, hup <-chan os.Signal) {
-	var last [sha256.Size]byte
-	if raw, err := os.ReadFile(c.TenantsFile); err == nil {
-		last = sha256.Sum256(raw)
-	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		forced := false
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-hup:
-			forced = true
-		}
-		raw, err := os.ReadFile(c.TenantsFile)
-		if err != nil {
-			log.Error("tenants file unreadable; keeping the current tenants", "err", err)
-			continue
-		}
-		sum := sha256.Sum256(raw)
-		if !forced && bytes.Equal(sum[:], last[:]) {
-			continue
-		}
-		last = sum
-		tenants, err := parseTenantsFile(raw, c)
-		if err == nil {
-			err = b.SetTenants(tenants)
-		}
-		if err != nil {
-			log.Error("tenants file rejected; keeping the current tenants", "err", err)
-			continue
-		}
-		log.Info("tenants reloaded", "tenants", b.TenantIDs())
 	}
 }
