@@ -1,3 +1,11 @@
+// Package telemetry is the broker's OpenTelemetry tracing, as the OTEL_*
+// variables configure it (config.Tracing): the tracer provider and its
+// OTLP/HTTP exporter, the server spans around the API, the instrumented
+// HTTP client of calls to tenants, and the flush at shutdown. Exported
+// spans never carry query values.
+//
+// Everything that traces takes it from a *Telemetry: there is no global
+// provider to start before building clients.
 package telemetry
 
 import (
@@ -9,11 +17,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
@@ -26,27 +31,8 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
 )
-
-// tracingConfig is the OpenTelemetry tracing of `serve`, read from the
-// standard OTEL_* variables (the ones collectors and platforms set), not
-// from QTB_* settings. Tracing is on only when an OTLP endpoint is set; the
-// zero value is off. Every value the SDK would read from the process
-// environment is passed explicitly, so run's getenv is the only source.
-type tracingConfig struct {
-	endpoint    string            // OTLP/HTTP traces URL; empty: tracing off
-	headers     map[string]string // may carry an API key: never logged
-	timeout     time.Duration
-	compression otlptracehttp.Compression
-	tls         *tls.Config // nil: system roots, no client certificate
-	resource    []attribute.KeyValue
-	sampler     sdktrace.Sampler
-	batch       []sdktrace.BatchSpanProcessorOption
-
-	// provider is set by start; nil while tracing is off.
-	provider *sdktrace.TracerProvider
-}
 
 // defaultServiceName is service.name unless OTEL_SERVICE_NAME or
 // OTEL_RESOURCE_ATTRIBUTES say otherwise.
@@ -57,176 +43,92 @@ const defaultServiceName = "qlik-token-broker"
 // the tenant.
 var propagator = propagation.TraceContext{}
 
-// tracingFromEnv reads the tracing configuration, returning every problem
-// at once by variable name. With no endpoint, OTEL_SDK_DISABLED=true or
-// OTEL_TRACES_EXPORTER=none, tracing is off and nothing else is read.
-func tracingFromEnv(getenv func(string) string) (tracingConfig, error) {
-	var c tracingConfig
-	c.endpoint = getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") // used as is
-	if c.endpoint == "" {
-		if base := getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); base != "" {
-			c.endpoint = strings.TrimSuffix(base, "/") + "/v1/traces"
-		}
-	}
-	exporter := getenv("OTEL_TRACES_EXPORTER")
-	if c.endpoint == "" || strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") || exporter == "none" {
-		return tracingConfig{}, nil
-	}
-
-	var errs []error
-	fail := func(name, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{name}, a...)...))
-	}
-	if exporter != "" && exporter != "otlp" {
-		fail("OTEL_TRACES_EXPORTER", "only otlp (or none) is supported")
-	}
-	endpointVar := "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-	if getenv(endpointVar) == "" {
-		endpointVar = "OTEL_EXPORTER_OTLP_ENDPOINT"
-	}
-	if u, err := url.Parse(c.endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		fail(endpointVar, "must be an http:// or https:// URL")
-	}
-	if name, v := otlpEnv(getenv, "PROTOCOL"); v != "" && v != "http/protobuf" {
-		fail(name, "only http/protobuf is supported (the collector's port 4318)")
-	}
-	if name, v := otlpEnv(getenv, "HEADERS"); v != "" {
-		var err error
-		if c.headers, err = parseKeyValues(v); err != nil {
-			fail(name, "%v", err) // the error never quotes a value
-		}
-	}
-	c.timeout = 10 * time.Second
-	if name, v := otlpEnv(getenv, "TIMEOUT"); v != "" {
-		c.timeout = envMillis(v, name, fail)
-	}
-	switch name, v := otlpEnv(getenv, "COMPRESSION"); v {
-	case "", "none":
-		c.compression = otlptracehttp.NoCompression
-	case "gzip":
-		c.compression = otlptracehttp.GzipCompression
-	default:
-		fail(name, "must be gzip or none")
-	}
-	if tc, err := otlpTLS(getenv); err != nil {
-		errs = append(errs, err)
-	} else {
-		c.tls = tc
-	}
-
-	service := getenv("OTEL_SERVICE_NAME")
-	c.resource = []attribute.KeyValue{semconv.ServiceName(defaultServiceName), semconv.ServiceVersion(version)}
-	if v := getenv("OTEL_RESOURCE_ATTRIBUTES"); v != "" {
-		attrs, err := parseKeyValues(v)
-		if err != nil {
-			fail("OTEL_RESOURCE_ATTRIBUTES", "%v", err)
-		}
-		for k, v := range attrs {
-			c.resource = append(c.resource, attribute.String(k, v)) // later keys win
-		}
-	}
-	if service != "" {
-		c.resource = append(c.resource, semconv.ServiceName(service))
-	}
-
-	var err error
-	if c.sampler, err = parseSampler(getenv("OTEL_TRACES_SAMPLER"), getenv("OTEL_TRACES_SAMPLER_ARG")); err != nil {
-		fail("OTEL_TRACES_SAMPLER", "%v", err)
-	}
-
-	// The batch span processor's settings, defaults as the SDK's.
-	c.batch = []sdktrace.BatchSpanProcessorOption{
-		sdktrace.WithBatchTimeout(envMillisOr(getenv, "OTEL_BSP_SCHEDULE_DELAY", 5*time.Second, fail)),
-		sdktrace.WithExportTimeout(envMillisOr(getenv, "OTEL_BSP_EXPORT_TIMEOUT", 30*time.Second, fail)),
-		sdktrace.WithMaxQueueSize(envIntOr(getenv, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, fail)),
-		sdktrace.WithMaxExportBatchSize(envIntOr(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, fail)),
-	}
-	if len(errs) > 0 {
-		return tracingConfig{}, errors.Join(errs...)
-	}
-	return c, nil
+// Telemetry is the tracing of one run. When tracing is off (and on a nil
+// *Telemetry) its methods hand back what they are given, and Tracer is nil.
+type Telemetry struct {
+	provider *sdktrace.TracerProvider
+	// exporter is the exporter's transport, whose idle connections
+	// Shutdown closes.
+	exporter *http.Transport
+	version  string
 }
 
-// otlpEnv returns the traces-specific OTEL_EXPORTER_OTLP_TRACES_<suffix>
-// when set, else the general OTEL_EXPORTER_OTLP_<suffix>, with its name.
-func otlpEnv(getenv func(string) string, suffix string) (name, value string) {
-	name = "OTEL_EXPORTER_OTLP_TRACES_" + suffix
-	if v := getenv(name); v != "" {
-		return name, v
+// New starts tracing as cfg says: the OTLP exporter and the tracer
+// provider, whose export failures are logged on log. Without an endpoint
+// it returns a Telemetry that does nothing. version is the broker's, for
+// service.version and the tracer's instrumentation version.
+func New(ctx context.Context, cfg config.Tracing, version string, log *slog.Logger) (*Telemetry, error) {
+	if cfg.Endpoint == "" {
+		return &Telemetry{}, nil
 	}
-	name = "OTEL_EXPORTER_OTLP_" + suffix
-	return name, getenv(name)
+	sampler, err := sampler(cfg.Sampler, cfg.SamplerRatio)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	tlsConfig, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	// The exporter's own client, so Shutdown can close its idle connections.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConfig
+	headers := make(map[string]string, len(cfg.Headers))
+	for k, v := range cfg.Headers {
+		headers[k] = string(v)
+	}
+	compression := otlptracehttp.NoCompression
+	if cfg.Gzip {
+		compression = otlptracehttp.GzipCompression
+	}
+	exp, err := otlptracehttp.New(ctx,
+		otlptracehttp.WithEndpointURL(cfg.Endpoint),
+		otlptracehttp.WithHeaders(headers),
+		otlptracehttp.WithCompression(compression),
+		otlptracehttp.WithHTTPClient(&http.Client{Transport: tr, Timeout: cfg.Timeout}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	res, err := resource.New(ctx, resource.WithSchemaURL(semconv.SchemaURL), resource.WithTelemetrySDK(),
+		resource.WithAttributes(resourceAttributes(cfg, version)...))
+	if err != nil {
+		return nil, fmt.Errorf("tracing: resource: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sampler),
+		sdktrace.WithBatcher(redactingExporter{exp},
+			sdktrace.WithBatchTimeout(cfg.BatchTimeout),
+			sdktrace.WithExportTimeout(cfg.ExportTimeout),
+			sdktrace.WithMaxQueueSize(cfg.MaxQueueSize),
+			sdktrace.WithMaxExportBatchSize(cfg.MaxExportBatchSize),
+		),
+	)
+	// The SDK reports export failures only through this process-wide hook.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing: exporting spans failed", "err", err)
+	}))
+	log.Info("tracing on", "endpoint", redactURL(cfg.Endpoint), "sampler", sampler.Description())
+	return &Telemetry{provider: tp, exporter: tr, version: version}, nil
 }
 
-// otlpTLS builds the exporter's TLS settings from the CA and client
-// certificate variables; nil when none is set.
-func otlpTLS(getenv func(string) string) (*tls.Config, error) {
-	caVar, ca := otlpEnv(getenv, "CERTIFICATE")
-	certVar, cert := otlpEnv(getenv, "CLIENT_CERTIFICATE")
-	keyVar, key := otlpEnv(getenv, "CLIENT_KEY")
-	if ca == "" && cert == "" && key == "" {
-		return nil, nil
+// resourceAttributes describe the service: the defaults, then
+// OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME (later keys win).
+func resourceAttributes(cfg config.Tracing, version string) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{semconv.ServiceName(defaultServiceName), semconv.ServiceVersion(version)}
+	for k, v := range cfg.ResourceAttributes {
+		attrs = append(attrs, attribute.String(k, v))
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", caVar, err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate in %s", caVar, ca)
-		}
+	if cfg.ServiceName != "" {
+		attrs = append(attrs, semconv.ServiceName(cfg.ServiceName))
 	}
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("%s and %s: set both or neither", certVar, keyVar)
-	}
-	if cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("%s, %s: %w", certVar, keyVar, err)
-		}
-		tc.Certificates = []tls.Certificate{pair}
-	}
-	return tc, nil
+	return attrs
 }
 
-// parseKeyValues reads the OTEL list format "k1=v1,k2=v2" with
-// percent-encoded values. Errors name the position, never a value.
-func parseKeyValues(s string) (map[string]string, error) {
-	kv := make(map[string]string)
-	for i, part := range strings.Split(s, ",") {
-		if strings.TrimSpace(part) == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(part, "=")
-		k = strings.TrimSpace(k)
-		if !ok || k == "" {
-			return nil, fmt.Errorf("entry %d is not key=value", i+1)
-		}
-		dv, err := url.PathUnescape(strings.TrimSpace(v))
-		if err != nil {
-			return nil, fmt.Errorf("entry %d (%s): bad percent-encoding", i+1, k)
-		}
-		kv[k] = dv
-	}
-	return kv, nil
-}
-
-// parseSampler reads OTEL_TRACES_SAMPLER and its argument. The default,
+// sampler maps an OTEL_TRACES_SAMPLER name to its sampler. The default,
 // parentbased_always_on, records every request a caller samples and every
 // request without a caller's trace.
-func parseSampler(name, arg string) (sdktrace.Sampler, error) {
-	ratio := func() (float64, error) {
-		if arg == "" {
-			return 1, nil
-		}
-		f, err := strconv.ParseFloat(arg, 64)
-		if err != nil || f < 0 || f > 1 {
-			return 0, errors.New("OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1")
-		}
-		return f, nil
-	}
+func sampler(name string, ratio float64) (sdktrace.Sampler, error) {
 	switch name {
 	case "", "parentbased_always_on":
 		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
@@ -236,100 +138,57 @@ func parseSampler(name, arg string) (sdktrace.Sampler, error) {
 		return sdktrace.AlwaysSample(), nil
 	case "always_off":
 		return sdktrace.NeverSample(), nil
-	case "traceidratio", "parentbased_traceidratio":
-		f, err := ratio()
-		if err != nil {
-			return nil, err
-		}
-		if name == "traceidratio" {
-			return sdktrace.TraceIDRatioBased(f), nil
-		}
-		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(f)), nil
+	case "traceidratio":
+		return sdktrace.TraceIDRatioBased(ratio), nil
+	case "parentbased_traceidratio":
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), nil
 	}
 	return nil, fmt.Errorf("unsupported sampler %q", name)
 }
 
-func envMillis(v, name string, fail func(name, format string, a ...any)) time.Duration {
-	ms, err := strconv.Atoi(v)
-	if err != nil || ms <= 0 {
-		fail(name, "must be a positive number of milliseconds")
-		return 0
+// tlsConfig is the exporter's TLS: the configured roots and client
+// certificate; nil (system roots, no certificate) when none is set.
+func tlsConfig(cfg config.Tracing) (*tls.Config, error) {
+	if cfg.CA == nil && cfg.ClientCert == nil {
+		return nil, nil
 	}
-	return time.Duration(ms) * time.Millisecond
-}
-
-func envMillisOr(getenv func(string) string, name string, def time.Duration, fail func(name, format string, a ...any)) time.Duration {
-	if v := getenv(name); v != "" {
-		return envMillis(v, name, fail)
-	}
-	return def
-}
-
-func envIntOr(getenv func(string) string, name string, def int, fail func(name, format string, a ...any)) int {
-	v := getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		fail(name, "must be a positive integer")
-	}
-	return n
-}
-
-// start builds the exporter and tracer provider when tracing is on. stop
-// flushes the spans still queued and releases the exporter's connections,
-// within timeout; it is a no-op when tracing is off.
-func (c *tracingConfig) start(ctx context.Context, log *slog.Logger) (stop func(timeout time.Duration), err error) {
-	if c.endpoint == "" {
-		return func(time.Duration) {}, nil
-	}
-	// The exporter's own client, so stop can close its idle connections.
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = c.tls
-	exp, err := otlptracehttp.New(ctx,
-		otlptracehttp.WithEndpointURL(c.endpoint),
-		otlptracehttp.WithHeaders(c.headers),
-		otlptracehttp.WithCompression(c.compression),
-		otlptracehttp.WithHTTPClient(&http.Client{Transport: tr, Timeout: c.timeout}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("tracing: %w", err)
-	}
-	res, err := resource.New(ctx, resource.WithSchemaURL(semconv.SchemaURL), resource.WithTelemetrySDK(), resource.WithAttributes(c.resource...))
-	if err != nil {
-		return nil, fmt.Errorf("tracing: resource: %w", err)
-	}
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(c.sampler),
-		sdktrace.WithBatcher(redactingExporter{exp}, c.batch...),
-	)
-	// The SDK reports export failures only through this process-wide hook.
-	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-		log.Warn("tracing: exporting spans failed", "err", err)
-	}))
-	c.provider = tp
-	log.Info("tracing on", "endpoint", redactURL(c.endpoint), "sampler", c.sampler.Description())
-	return func(timeout time.Duration) {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		defer cancel()
-		if err := tp.Shutdown(sctx); err != nil {
-			log.Warn("tracing: flushing spans at exit failed", "err", err)
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CA != nil {
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(cfg.CA) {
+			return nil, errors.New("no PEM certificate in the CA")
 		}
-		tr.CloseIdleConnections()
-	}, nil
+	}
+	if cfg.ClientCert != nil {
+		pair, err := tls.X509KeyPair(cfg.ClientCert, []byte(cfg.ClientKey))
+		if err != nil {
+			return nil, err
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return tc, nil
+}
+
+// Shutdown flushes the spans still queued and releases the exporter's
+// connections, within ctx. It does nothing when tracing is off.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	if t == nil || t.provider == nil {
+		return nil
+	}
+	err := t.provider.Shutdown(ctx)
+	t.exporter.CloseIdleConnections()
+	return err
 }
 
 // tracerName names the broker's instrumentation scope.
 const tracerName = "github.com/qtb-dev/qlik-token-broker/broker"
 
-// tracer is the broker's tracer, nil while tracing is off.
-func (c tracingConfig) tracer() trace.Tracer {
-	if c.provider == nil {
+// Tracer is the broker's tracer, nil while tracing is off.
+func (t *Telemetry) Tracer() trace.Tracer {
+	if t == nil || t.provider == nil {
 		return nil
 	}
-	return c.provider.Tracer(tracerName, trace.WithInstrumentationVersion(version))
+	return t.provider.Tracer(tracerName, trace.WithInstrumentationVersion(t.version))
 }
 
 // serverSpanNames names the server spans of the traced routes; other
@@ -341,14 +200,14 @@ var serverSpanNames = map[string]string{
 	"POST /v1/service/token": "service.token",
 }
 
-// handler wraps the API in server spans that continue the caller's trace
+// Handler wraps the API in server spans that continue the caller's trace
 // (W3C traceparent); h itself when tracing is off.
-func (c tracingConfig) handler(h http.Handler) http.Handler {
-	if c.provider == nil {
+func (t *Telemetry) Handler(h http.Handler) http.Handler {
+	if t == nil || t.provider == nil {
 		return h
 	}
 	return otelhttp.NewHandler(h, "",
-		otelhttp.WithTracerProvider(c.provider),
+		otelhttp.WithTracerProvider(t.provider),
 		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 		otelhttp.WithPropagators(propagator),
 		otelhttp.WithFilter(func(r *http.Request) bool { return serverSpanNames[r.Method+" "+r.URL.Path] != "" }),
@@ -361,15 +220,20 @@ func (c tracingConfig) handler(h http.Handler) http.Handler {
 // never becomes a span name.
 var clientSpanPaths = map[string]bool{"/oauth/token": true, "/oauth/revoke": true, "/api/v1/users": true}
 
-// upstreamHTTPClient is the HTTP client of calls to tenants. With tracing
-// on, each request is a client span and carries traceparent to the tenant.
-func (c config) upstreamHTTPClient() *http.Client {
-	hc := qlik.NewHTTPClient(c.UpstreamTimeout)
-	if c.tracing.provider == nil {
-		return hc
+// HTTPClient returns base for calls to tenants, instrumented: with tracing
+// on, a copy whose requests are client spans carrying traceparent to the
+// tenant; base itself when tracing is off.
+func (t *Telemetry) HTTPClient(base *http.Client) *http.Client {
+	if t == nil || t.provider == nil {
+		return base
 	}
-	hc.Transport = otelhttp.NewTransport(hc.Transport,
-		otelhttp.WithTracerProvider(c.tracing.provider),
+	hc := *base
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	hc.Transport = otelhttp.NewTransport(next,
+		otelhttp.WithTracerProvider(t.provider),
 		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 		otelhttp.WithPropagators(propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
@@ -379,7 +243,7 @@ func (c config) upstreamHTTPClient() *http.Client {
 			return r.Method
 		}),
 	)
-	return hc
+	return &hc
 }
 
 // redactingExporter keeps query values out of exported spans. otelhttp
