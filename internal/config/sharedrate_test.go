@@ -91,8 +91,8 @@ func TestUpstreamSharedRateSettings(t *testing.T) {
 				t.Fatal(err)
 			}
 			up := cfg.UpstreamConfig()
-			if up.SharedRate != tt.wantRate || up.SharedBurst != tt.wantBurst {
-				t.Errorf("SharedRate, SharedBurst = %v, %d; want %v, %d", up.SharedRate, up.SharedBurst, tt.wantRate, tt.wantBurst)
+			if up.SharedRatePerMinute != tt.wantRate || up.SharedBurst != tt.wantBurst {
+				t.Errorf("SharedRatePerMinute, SharedBurst = %v, %d; want %v, %d", up.SharedRatePerMinute, up.SharedBurst, tt.wantRate, tt.wantBurst)
 			}
 		})
 	}

@@ -32,23 +32,20 @@ func (c Config) BrokerConfig() broker.Config {
 }
 
 // UpstreamConfig is the broker's protection of the tenants: concurrency,
-// local and shared rate limits, retries and circuit breaker.
+// local and shared rate limits, retries and circuit breaker. What no
+// setting names keeps the broker's default.
 func (c Config) UpstreamConfig() broker.UpstreamConfig {
-	retries := c.UpstreamRetries
-	if retries == 0 {
-		retries = -1 // the broker reads 0 as "default"
-	}
-	return broker.UpstreamConfig{
-		Concurrency: c.UpstreamConcurrency,
-		Rate:        c.UpstreamRatePerMinute / 60,
-		// QTB_UPSTREAM_BURST 0 means "as many as QTB_UPSTREAM_CONCURRENCY".
-		Burst:           cmp.Or(c.UpstreamBurst, c.UpstreamConcurrency),
-		SharedRate:      c.UpstreamSharedRatePerMinute,
-		SharedBurst:     c.UpstreamSharedBurst,
-		Retries:         retries,
-		BreakerFailures: uint32(c.UpstreamBreakerFailures),
-		BreakerOpen:     c.UpstreamBreakerOpen,
-	}
+	u := broker.DefaultUpstreamConfig()
+	u.Concurrency = c.UpstreamConcurrency
+	u.RatePerMinute = c.UpstreamRatePerMinute
+	// QTB_UPSTREAM_BURST 0 means "as many as QTB_UPSTREAM_CONCURRENCY".
+	u.Burst = cmp.Or(c.UpstreamBurst, c.UpstreamConcurrency)
+	u.SharedRatePerMinute = c.UpstreamSharedRatePerMinute
+	u.SharedBurst = c.UpstreamSharedBurst
+	u.Retries = c.UpstreamRetries // 0: none
+	u.BreakerFailures = uint32(c.UpstreamBreakerFailures)
+	u.BreakerOpen = c.UpstreamBreakerOpen
+	return u
 }
 
 // APIConfig is the configuration of the broker's HTTP API, without what is
@@ -56,11 +53,11 @@ func (c Config) UpstreamConfig() broker.UpstreamConfig {
 // Logger.
 func (c Config) APIConfig() broker.APIConfig {
 	return broker.APIConfig{
-		SessionCookie:  c.SessionCookie,
-		AllowedOrigins: c.CORSOrigins,
-		Proxy:          broker.ProxyConfig{Timeout: c.ProxyTimeout, MaxRequestBytes: int64(c.ProxyMaxBody), Websocket: c.ProxyWebsocket},
-		UserRate:       c.UserRatePerMinute / 60,
-		UserBurst:      c.UserBurst,
+		SessionCookie:     c.SessionCookie,
+		AllowedOrigins:    c.CORSOrigins,
+		Proxy:             broker.ProxyConfig{Timeout: c.ProxyTimeout, MaxRequestBytes: int64(c.ProxyMaxBody), Websocket: c.ProxyWebsocket},
+		UserRatePerMinute: c.UserRatePerMinute,
+		UserBurst:         c.UserBurst,
 	}
 }
 

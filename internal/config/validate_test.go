@@ -130,8 +130,8 @@ func TestEveryProblemInOneList(t *testing.T) {
 	}
 }
 
-// TestRatesArePerMinute: the rate variables are per minute, and so is
-// Config; the broker gets them in its own units.
+// TestRatesArePerMinute: the rate variables are per minute, and so are
+// Config and the broker's configuration: one unit at the boundary.
 func TestRatesArePerMinute(t *testing.T) {
 	cfg, err := Load(nil, envFunc(with(base, "QTB_UPSTREAM_RATE", "90", "QTB_USER_RATE", "30",
 		"QTB_UPSTREAM_SHARED_RATE", "60", "QTB_REDIS_URL", "redis://redis:6379/0")))
@@ -142,8 +142,8 @@ func TestRatesArePerMinute(t *testing.T) {
 		t.Fatalf("Config rates %v, %v, %v; want 90, 30, 60 a minute", cfg.UpstreamRatePerMinute, cfg.UserRatePerMinute, cfg.UpstreamSharedRatePerMinute)
 	}
 	up, api := cfg.UpstreamConfig(), cfg.APIConfig()
-	if up.Rate != 1.5 || up.SharedRate != 60 || api.UserRate != 0.5 {
-		t.Errorf("broker rates %v/s, %v/min, user %v/s; want 1.5, 60, 0.5", up.Rate, up.SharedRate, api.UserRate)
+	if up.RatePerMinute != 90 || up.SharedRatePerMinute != 60 || api.UserRatePerMinute != 30 {
+		t.Errorf("broker rates %v, %v, user %v a minute; want 90, 60, 30", up.RatePerMinute, up.SharedRatePerMinute, api.UserRatePerMinute)
 	}
 }
 
@@ -155,7 +155,7 @@ func TestZeroMeansZero(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := cfg.UpstreamConfig()
-	if up.Retries != -1 {
+	if up.Retries != 0 {
 		t.Errorf("Retries = %d for QTB_UPSTREAM_RETRIES=0, want none", up.Retries)
 	}
 	if up.Burst != 12 {
