@@ -13,6 +13,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
 
@@ -51,14 +52,14 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 		return fmt.Errorf("demo: sign session token: %w", err)
 	}
 
-	cfg := defaultConfig()
+	cfg := config.Default()
 	cfg.Listen, cfg.MetricsListen, cfg.LogLevel, cfg.LogFormat = *listen, *metricsListen, *logLevel, "text"
 	cfg.TenantURL = tenant.URL()
-	cfg.ClientID, cfg.ClientSecret = client.ID, secret(clientSecret)
-	cfg.SessionHMACSecret = secret(sessionKey)
+	cfg.ClientID, cfg.ClientSecret = client.ID, config.Secret(clientSecret)
+	cfg.SessionHMACSecret = config.Secret(sessionKey)
 	cfg.SessionIssuer, cfg.SessionAudience = "qtb-demo", "qlik-token-broker"
 	cfg.CORSOrigins = []string{"http://localhost:3000", "http://127.0.0.1:3000"}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 

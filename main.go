@@ -21,6 +21,9 @@ import (
 
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/cache"
+	"github.com/qtb-dev/qlik-token-broker/internal/admin"
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
+	"github.com/qtb-dev/qlik-token-broker/internal/telemetry"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
@@ -64,15 +67,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	switch cmd {
 	case "serve":
-		cfg, err := loadConfig(defaultConfig(), "serve", args, getenv)
+		cfg, err := config.Load(args, getenv)
 		if errors.Is(err, flag.ErrHelp) {
-			printFlags(stdout, "serve", defaultConfig())
+			config.PrintFlags(stdout, "serve", config.Default())
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("invalid configuration:\n%w", indent(err))
-		}
-		if cfg.tracing, err = tracingFromEnv(getenv); err != nil {
 			return fmt.Errorf("invalid configuration:\n%w", indent(err))
 		}
 		hook, _ := ctx.Value(listenHookKey{}).(listenHook)
@@ -82,9 +82,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "healthcheck":
 		return healthcheck(ctx, args, getenv, stderr)
 	case "clients":
-		return clientsCmd(ctx, args, getenv, stdout, stderr)
+		return admin.Clients(ctx, args, getenv, stdout, stderr)
 	case "provision":
-		return provisionCmd(ctx, args, getenv, stdout)
+		return admin.Provision(ctx, args, getenv, stdout)
 	case "version":
 		fmt.Fprintf(stdout, "qlik-token-broker %s (%s)\n", version, revision)
 		return nil
@@ -106,21 +106,9 @@ func indent(err error) error {
 	return errors.New(strings.Join(lines, "\n"))
 }
 
-func printFlags(w io.Writer, name string, c config) {
-	fmt.Fprintf(w, "Usage: qlik-token-broker %s [flags]\n\nEach flag can also be set by its environment variable.\n\n", name)
-	for _, s := range c.settings() {
-		def := s.value.String()
-		if def != "" {
-			def = " (default " + def + ")"
-		}
-		fmt.Fprintf(w, "  --%-28s %s\n  %-30s %s%s\n", s.flagName(), s.env, "", s.usage, def)
-	}
-}
-
-func newLogger(w io.Writer, level, format string) *slog.Logger {
-	lvl, _ := parseLevel(level)
-	opts := &slog.HandlerOptions{Level: lvl}
-	if format == "text" {
+func newLogger(w io.Writer, cfg config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.Level()}
+	if cfg.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
@@ -134,21 +122,24 @@ type listenHook func(api, metrics net.Addr)
 
 // serve runs the broker until ctx is done, then drains it. onListen, when
 // not nil, learns the bound addresses once both listeners are up.
-func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHook) error {
-	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen listenHook) error {
+	log := newLogger(stderr, cfg)
 
 	// Started first and stopped last, so the spans of the final requests
-	// are flushed.
-	stopTracing, err := cfg.tracing.start(ctx, log)
+	// are flushed; every client that traces is built from it.
+	tel, err := telemetry.New(ctx, cfg.Tracing, version, log)
 	if err != nil {
 		return err
 	}
-	defer stopTracing(cfg.ShutdownTimeout)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			log.Warn("tracing: flushing spans at exit failed", "err", err)
+		}
+	}()
 
-	sc, err := cfg.sessionConfig()
-	if err != nil {
-		return err
-	}
+	sc := cfg.SessionConfig()
 	sc.Logger = log
 	verifier, err := session.NewVerifier(ctx, sc)
 	if err != nil {
@@ -156,7 +147,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 	}
 	defer verifier.Close()
 
-	tenants, err := cfg.loadTenants()
+	upstreamClient := tel.HTTPClient(cfg.UpstreamHTTPClient())
+	tenants, err := cfg.BrokerTenants(upstreamClient)
 	if err != nil {
 		return err
 	}
@@ -168,8 +160,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		shared  broker.Shared
 		limiter broker.SharedLimiter
 	)
-	if cfg.redisEnabled() {
-		opts := cfg.redisOptions()
+	if cfg.RedisEnabled() {
+		opts := cfg.RedisOptions()
 		opts.OnStateChange = func(degraded bool) {
 			if degraded {
 				m.RedisDegraded.Set(1)
@@ -189,37 +181,21 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 			log.Warn("redis not reachable at start; serving from the in-process cache and the tenant until it is", "err", err)
 		}
 		shared = rdb
-		if cfg.UpstreamSharedRate > 0 {
+		if cfg.UpstreamSharedRatePerMinute > 0 {
 			limiter = rdb
 		}
 	}
-	var keyring *cache.Keyring
-	if cfg.CacheKey != "" {
-		if keyring, err = cache.ParseKeyring(string(cfg.CacheKey)); err != nil {
-			return fmt.Errorf("QTB_CACHE_KEY: %w", err)
-		}
-	} else if shared != nil {
+	keyring, err := cfg.Keyring()
+	if err != nil {
+		return fmt.Errorf("QTB_CACHE_KEY: %w", err)
+	}
+	if keyring == nil && shared != nil {
 		log.Warn("QTB_CACHE_KEY is not set: tokens are stored in Redis unsealed")
 	}
 
-	upstream := cfg.upstreamConfig()
-	b, err := broker.New(broker.Config{
-		Tenants:      tenants,
-		Upstream:     &upstream,
-		Limiter:      limiter,
-		L1MaxEntries: cfg.L1MaxEntries,
-		NoL1:         !cfg.L1Enabled,
-		L1TTL:        cfg.L1TTL,
-		Shared:       shared,
-		Keyring:      keyring,
-		Metrics:      m,
-		Logger:       log,
-		TokenSkew:    cfg.TokenSkew,
-		MinTokenTTL:  cfg.MinTokenTTL,
-		RefreshAhead: cfg.RefreshAhead,
-		FetchTimeout: cfg.UpstreamTimeout + 5*time.Second,
-		Tracer:       cfg.tracing.tracer(),
-	})
+	bc := cfg.BrokerConfig()
+	bc.Tenants, bc.Shared, bc.Limiter, bc.Keyring, bc.Metrics, bc.Logger, bc.Tracer = tenants, shared, limiter, keyring, m, log, tel.Tracer()
+	b, err := broker.New(bc)
 	if err != nil {
 		return err
 	}
@@ -237,35 +213,26 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		hup, stopHUP := notifyHUP()
 		defer stopHUP()
 		watchDone := make(chan struct{})
-		go func() { defer close(watchDone); watchTenants(runCtx, cfg, b, log, 2*time.Second, hup) }()
+		reload := func(raw []byte) ([]broker.Tenant, error) { return cfg.ReloadTenants(raw, upstreamClient) }
+		go func() {
+			defer close(watchDone)
+			watchTenants(runCtx, cfg.TenantsFile, reload, b, log, 2*time.Second, hup)
+		}()
 		defer func() { stopRun(); <-watchDone }()
 	}
 
 	var serviceVerifier *session.Verifier
-	if cfg.serviceEnabled() {
-		sc, err := cfg.serviceConfig()
-		if err != nil {
-			return err
-		}
+	if cfg.ServiceEnabled() {
+		sc := cfg.ServiceConfig()
 		sc.Logger = log
 		if serviceVerifier, err = session.NewVerifier(ctx, sc); err != nil {
 			return fmt.Errorf("service credentials: %w", err)
 		}
 		defer serviceVerifier.Close()
 	}
-	api := broker.NewAPI(broker.APIConfig{
-		Broker:            b,
-		Verifier:          verifier,
-		SessionCookie:     cfg.SessionCookie,
-		AllowedOrigins:    cfg.CORSOrigins,
-		Ready:             verifier.Ready,
-		ServiceVerifier:   serviceVerifier,
-		Proxy:             broker.ProxyConfig{Timeout: cfg.ProxyTimeout, MaxRequestBytes: int64(cfg.ProxyMaxBody), Websocket: cfg.ProxyWebsocket},
-		UserRatePerMinute: cfg.UserRate,
-		UserBurst:         cfg.UserBurst,
-		Metrics:           m,
-		Logger:            log,
-	})
+	ac := cfg.APIConfig()
+	ac.Broker, ac.Verifier, ac.Ready, ac.ServiceVerifier, ac.Metrics, ac.Logger = b, verifier, verifier.Ready, serviceVerifier, m, log
+	api := broker.NewAPI(ac)
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -276,7 +243,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		apiLn.Close()
 		return fmt.Errorf("QTB_METRICS_LISTEN: %w", err)
 	}
-	apiSrv := newServer(cfg.tracing.handler(api), log)
+	apiSrv := newServer(tel.Handler(api), log)
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("GET /metrics", metrics.Handler(reg))
 	metricsSrv := newServer(metricsMux, log)
@@ -298,7 +265,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer, onListen listenHoo
 		log.Error("server failed", "err", serveErr)
 	}
 	// A fresh context: the signal context is already done.
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	err = errors.Join(apiSrv.Shutdown(sctx), metricsSrv.Shutdown(sctx))
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
@@ -324,7 +291,7 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 // healthcheck probes a running broker, for container HEALTHCHECKs in images
 // without a shell or curl. It exits non-zero unless /healthz answers 200.
 func healthcheck(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	listen := envOr(getenv, "QTB_LISTEN", defaultConfig().Listen)
+	listen := envOr(getenv, "QTB_LISTEN", config.Default().Listen)
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return fmt.Errorf("healthcheck: QTB_LISTEN: %w", err)

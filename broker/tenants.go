@@ -18,11 +18,12 @@ var tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // ValidTenantID reports whether id can name a tenant: lower-case letters,
 // digits, '.', '_' and '-', starting with a letter or digit, at most 63
-// characters, since it goes into Redis key names and metric labels. It
-// fails with ErrInvalidTenantID.
+// characters, since it goes into Redis key names and metric labels. This is
+// the one rule for tenant ids: the configuration and the provision command
+// check ids with it too. It fails with an error that Is ErrInvalidTenantID.
 func ValidTenantID(id string) error {
 	if !tenantIDPattern.MatchString(id) {
-		return fmt.Errorf("%w %q: must match %s", ErrInvalidTenantID, id, tenantIDPattern)
+		return tenantIDError(id)
 	}
 	return nil
 }
@@ -213,3 +214,12 @@ func (b *Broker) anyTenantAllows(origin string) bool {
 	}
 	return false
 }
+
+// tenantIDError says how a tenant id must look, without the pattern's syntax.
+type tenantIDError string
+
+func (e tenantIDError) Error() string {
+	return fmt.Sprintf("tenant id %q: use 1 to 63 lower-case letters, digits, '.', '_' and '-', starting with a letter or digit", string(e))
+}
+
+func (e tenantIDError) Is(target error) bool { return target == ErrInvalidTenantID }

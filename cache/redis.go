@@ -90,6 +90,9 @@ type RedisOptions struct {
 	// TLSCAFile is a PEM file of CA certificates to trust, instead of the
 	// system roots, for a rediss:// URL. It is read once, by NewRedis.
 	TLSCAFile string
+	// TLSCA is the same as PEM bytes already read, for a caller that reads
+	// its files once up front. Set at most one of TLSCAFile and TLSCA.
+	TLSCA []byte
 	// TLSInsecureSkipVerify turns off verification of the server's
 	// certificate. For tests only.
 	TLSInsecureSkipVerify bool
@@ -146,10 +149,11 @@ type Redis struct {
 // command, and a connection is dialled once per attempt rather than
 // go-redis' default of five.
 func NewRedis(opts RedisOptions) (*Redis, error) {
-	client, err := newClient(opts)
+	newClient, err := clientFor(opts)
 	if err != nil {
 		return nil, err
 	}
+	client := newClient()
 	r := &Redis{client: client, notifier: stateNotifier{fn: opts.OnStateChange}}
 	failures := cmp.Or(opts.BreakerFailures, DefaultBreakerFailures)
 	r.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
@@ -273,8 +277,17 @@ func redisTTL(ttl time.Duration) time.Duration {
 	return max(ttl.Truncate(time.Millisecond), time.Millisecond)
 }
 
-// newClient builds the go-redis client for opts.Mode.
-func newClient(opts RedisOptions) (redis.UniversalClient, error) {
+// CheckRedisOptions reports what NewRedis would refuse in opts, without
+// building a client: a configuration can be validated with no side
+// effects. It reads TLSCAFile when set (TLSCA needs no read).
+func CheckRedisOptions(opts RedisOptions) error {
+	_, err := clientFor(opts)
+	return err
+}
+
+// clientFor checks opts and returns the constructor of their go-redis
+// client, by opts.Mode.
+func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
 	switch opts.Mode {
 	case "", ModeStandalone:
 		if len(opts.Addrs) > 0 {
@@ -294,7 +307,7 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		return redis.NewClient(o), nil
+		return func() redis.UniversalClient { return redis.NewClient(o) }, nil
 
 	case ModeCluster:
 		o := &redis.ClusterOptions{}
@@ -316,7 +329,7 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		return redis.NewClusterClient(o), nil
+		return func() redis.UniversalClient { return redis.NewClusterClient(o) }, nil
 
 	case ModeSentinel:
 		o := &redis.FailoverOptions{}
@@ -341,7 +354,7 @@ func newClient(opts RedisOptions) (redis.UniversalClient, error) {
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
 			return nil, err
 		}
-		return redis.NewFailoverClient(o), nil
+		return func() redis.UniversalClient { return redis.NewFailoverClient(o) }, nil
 	}
 	return nil, fmt.Errorf("cache: redis Mode %q: want %s, %s or %s", opts.Mode, ModeStandalone, ModeCluster, ModeSentinel)
 }
@@ -379,8 +392,8 @@ func tune(opts RedisOptions, o shared) error {
 // be silently ignored.
 func configureTLS(cfg **tls.Config, opts RedisOptions) error {
 	if *cfg == nil {
-		if opts.TLSCAFile != "" || opts.TLSInsecureSkipVerify {
-			return errors.New("cache: redis TLSCAFile and TLSInsecureSkipVerify need a rediss:// URL")
+		if opts.TLSCAFile != "" || len(opts.TLSCA) > 0 || opts.TLSInsecureSkipVerify {
+			return errors.New("cache: redis TLSCAFile, TLSCA and TLSInsecureSkipVerify need a rediss:// URL")
 		}
 		return nil
 	}
@@ -389,14 +402,21 @@ func configureTLS(cfg **tls.Config, opts RedisOptions) error {
 	if opts.TLSInsecureSkipVerify {
 		c.InsecureSkipVerify = true
 	}
+	pem, source := opts.TLSCA, "TLSCA"
 	if opts.TLSCAFile != "" {
-		pem, err := os.ReadFile(opts.TLSCAFile)
-		if err != nil {
+		if len(pem) > 0 {
+			return errors.New("cache: redis TLSCAFile and TLSCA: set one, not both")
+		}
+		var err error
+		if pem, err = os.ReadFile(opts.TLSCAFile); err != nil {
 			return fmt.Errorf("cache: redis TLS CA file: %w", err)
 		}
+		source = "file " + opts.TLSCAFile
+	}
+	if len(pem) > 0 {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("cache: redis TLS CA file %s: no PEM certificates", opts.TLSCAFile)
+			return fmt.Errorf("cache: redis TLS CA %s: no PEM certificates", source)
 		}
 		c.RootCAs = pool
 	}

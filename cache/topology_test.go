@@ -191,6 +191,10 @@ func TestRedisTLS(t *testing.T) {
 	})
 
 	noCreds := "rediss://" + srv.Addr() + "/0"
+	caPEM, err := os.ReadFile(srv.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		name    string
 		opts    RedisOptions
@@ -201,6 +205,7 @@ func TestRedisTLS(t *testing.T) {
 		{"wrong password", RedisOptions{URL: srv.URL(), TLSCAFile: srv.CAFile(), Password: "not-it"}, "WRONGPASS"},
 		{"default user is off", RedisOptions{URL: noCreds, TLSCAFile: srv.CAFile()}, "NOAUTH"},
 		{"username and password options", RedisOptions{URL: noCreds, TLSCAFile: srv.CAFile(), Username: "broker", Password: "tls-s3cret"}, ""},
+		{"CA as bytes", RedisOptions{URL: srv.URL(), TLSCA: caPEM}, ""},
 		{"plain text to a TLS port", RedisOptions{URL: "redis://broker:tls-s3cret@" + srv.Addr() + "/0"}, "cache: redis ping: "},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -329,6 +334,9 @@ func TestNewRedisTopologyErrors(t *testing.T) {
 		{"skip verify without TLS", RedisOptions{Mode: ModeCluster, Addrs: []string{"h:1"}, TLSInsecureSkipVerify: true}, "need a rediss:// URL", nil},
 		{"CA file missing", RedisOptions{URL: "rediss://h", TLSCAFile: filepath.Join(t.TempDir(), "nope.pem")}, "TLS CA file", nil},
 		{"CA file not PEM", RedisOptions{URL: "rediss://h", TLSCAFile: notPEM}, "no PEM certificates", nil},
+		{"CA not PEM", RedisOptions{URL: "rediss://h", TLSCA: []byte("not a certificate")}, "no PEM certificates", nil},
+		{"CA bytes without TLS", RedisOptions{URL: "redis://h", TLSCA: []byte("x")}, "need a rediss:// URL", nil},
+		{"CA file and bytes", RedisOptions{URL: "rediss://h", TLSCAFile: notPEM, TLSCA: []byte("x")}, "set one, not both", nil},
 		{
 			"cluster URL", RedisOptions{Mode: ModeCluster, URL: "redis://app:hunter2@h:1?addr=nohost"},
 			"unable to parse addr param", []string{"hunter2"},
@@ -344,6 +352,9 @@ func TestNewRedisTopologyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if err := CheckRedisOptions(tt.opts); err == nil {
+				t.Error("CheckRedisOptions accepted what NewRedis refuses")
+			}
 			r, err := NewRedis(tt.opts)
 			if err == nil {
 				_ = r.Close()

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"maps"
@@ -75,7 +75,7 @@ func TestUpstreamSharedRateSettings(t *testing.T) {
 					env[k] = v
 				}
 			}
-			cfg, err := loadConfig(defaultConfig(), "serve", tt.args, envFunc(env))
+			cfg, err := Load(tt.args, envFunc(env))
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatal("accepted")
@@ -90,7 +90,7 @@ func TestUpstreamSharedRateSettings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			up := cfg.upstreamConfig()
+			up := cfg.UpstreamConfig()
 			if up.SharedRatePerMinute != tt.wantRate || up.SharedBurst != tt.wantBurst {
 				t.Errorf("SharedRatePerMinute, SharedBurst = %v, %d; want %v, %d", up.SharedRatePerMinute, up.SharedBurst, tt.wantRate, tt.wantBurst)
 			}

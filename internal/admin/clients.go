@@ -1,4 +1,9 @@
-package main
+// Package admin holds the tenant-side commands of qlik-token-broker:
+// `clients` manages the tenant's OAuth clients, and `provision` makes a
+// tenant ready for the broker (its impersonation client, the tenants-file
+// entry and the Kubernetes Secret). They talk to the tenant's admin APIs
+// through qlik.Client, as a tenant admin.
+package admin
 
 import (
 	"cmp"
@@ -10,12 +15,14 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
-	"unicode"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
+
+// secret is a credential that never prints.
+type secret = config.Secret
 
 // adminScope is the scope an admin client's token asks for: the one the
 // oauth-clients API requires. Asking for it alone keeps the token no more
@@ -142,7 +149,7 @@ func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (
 // env_FILE, else from env; both env forms at once are an error.
 func pickSecret(flagPath, flagName, env string, getenv func(string) string) (secret, error) {
 	if flagPath != "" {
-		v, err := readSecretFile(flagPath)
+		v, err := config.ReadSecretFile(flagPath)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", flagName, err)
 		}
@@ -153,7 +160,7 @@ func pickSecret(flagPath, flagName, env string, getenv func(string) string) (sec
 	case inline != "" && path != "":
 		return "", fmt.Errorf("%s and %s_FILE: set one, not both", env, env)
 	case path != "":
-		v, err := readSecretFile(path)
+		v, err := config.ReadSecretFile(path)
 		if err != nil {
 			return "", fmt.Errorf("%s_FILE: %w", env, err)
 		}
@@ -196,80 +203,6 @@ func ensureConsent(ctx context.Context, api *adminAPI, c *qlik.OAuthClient, want
 	return nil
 }
 
-// tenantError is a refusal from the tenant as an admin command reports it:
-// with the detail that *qlik.Error leaves out of its message (the reader is
-// the admin who sent the request) and a hint on what to do.
-type tenantError struct {
-	err  *qlik.Error
-	hint string
-}
-
-func (e *tenantError) Error() string {
-	var b strings.Builder
-	b.WriteString(e.err.Error())
-	if d := terminalSafe(e.err.Detail, 500); d != "" {
-		b.WriteString(": ")
-		b.WriteString(d)
-	}
-	if e.hint != "" && !strings.Contains(strings.ToLower(e.err.Detail), strings.ToLower(e.hint)) {
-		b.WriteString(" (")
-		b.WriteString(e.hint)
-		b.WriteString(")")
-	}
-	return b.String()
-}
-
-func (e *tenantError) Unwrap() error { return e.err }
-
-// explain turns a *qlik.Error into a *tenantError; other errors pass.
-func explain(err error) error {
-	var qe *qlik.Error
-	if !errors.As(err, &qe) {
-		return err
-	}
-	return &tenantError{err: qe, hint: refusalHint(qe)}
-}
-
-func refusalHint(e *qlik.Error) string {
-	token := e.Endpoint == "token"
-	switch {
-	case token && e.StatusCode == 401:
-		return "the tenant refused the admin client's id or secret"
-	case token && e.Code == "invalid_scope":
-		return "the admin client is not allowed scope " + adminScope + ": add it to the client's allowedScopes"
-	case token && e.Code == "unauthorized_client":
-		return "the admin client may not use the client_credentials grant"
-	case e.StatusCode == 401:
-		return "the admin token is invalid, expired or revoked"
-	case e.StatusCode == 403:
-		return "the admin credentials lack scope " + adminScope
-	case e.StatusCode == 404 && e.Endpoint == "oauth-client-secrets":
-		return "no such client, or no secret with this hint"
-	case e.StatusCode == 404:
-		return "no OAuth client with this id"
-	case e.StatusCode == 409:
-		return "the client already has 5 secrets, Qlik's limit: delete one with `qlik-token-broker clients secrets delete <id> <hint>`"
-	case e.StatusCode == 429 && e.RetryAfter > 0:
-		return "rate limited: retry in " + e.RetryAfter.String()
-	}
-	return ""
-}
-
-// terminalSafe cuts s to n bytes and drops control characters, so a tenant's
-// detail cannot rewrite the terminal.
-func terminalSafe(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > n {
-		s = strings.ToValidUTF8(s[:n], "") + "..."
-	}
-	return strings.TrimSpace(s)
-}
-
 // stringList is a repeatable flag that also splits comma lists.
 type stringList []string
 
@@ -302,8 +235,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// clientsCmd is `qlik-token-broker clients ...`.
-func clientsCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// Clients is `qlik-token-broker clients ...`: args are what follows
+// "clients". The tenant and the admin credentials come from flags, else
+// from getenv.
+func Clients(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, clientsUsage)
 		return errors.New("clients: a command is required")
@@ -386,7 +321,7 @@ func (f clientFlags) validate(cmd string) error {
 			return fmt.Errorf("--consent must be trusted or required, got %q", f.consent)
 		}
 		for _, o := range f.origins {
-			if err := checkOrigin(o); err != nil {
+			if err := config.CheckOrigin(o); err != nil {
 				return fmt.Errorf("--origin: %w", err)
 			}
 		}
@@ -583,163 +518,4 @@ var clientCommands = map[string]clientCommand{
 		return out.done(map[string]string{"clientId": args[0], "consentMethod": args[1]},
 			"consent of client %s is now %s", args[0], args[1])
 	}},
-}
-
-// clientsOutput prints results as tables for people or JSON for scripts.
-type clientsOutput struct {
-	w, stderr io.Writer
-	json      bool
-}
-
-// clientView is a client as `clients --output json` prints it.
-// ClientSecret is set only right after the tenant made one.
-type clientView struct {
-	ClientID           string     `json:"clientId"`
-	ClientName         string     `json:"clientName"`
-	Description        string     `json:"description,omitempty"`
-	AppType            string     `json:"appType"`
-	AllowedScopes      []string   `json:"allowedScopes"`
-	AllowedGrantTypes  []string   `json:"allowedGrantTypes"`
-	AllowedOrigins     []string   `json:"allowedOrigins"`
-	RedirectURIs       []string   `json:"redirectUris"`
-	AllowedAuthMethods []string   `json:"allowedAuthMethods,omitempty"`
-	ClientURI          string     `json:"clientUri,omitempty"`
-	LogoURI            string     `json:"logoUri,omitempty"`
-	OwnerID            string     `json:"ownerId,omitempty"`
-	CreatedAt          *time.Time `json:"createdAt,omitempty"`
-	ClientSecretHint   string     `json:"clientSecretHint,omitempty"`
-	ConsentMethod      string     `json:"consentMethod,omitempty"`
-	ClientSecret       string     `json:"clientSecret,omitempty"`
-}
-
-func viewOf(c qlik.OAuthClient, newSecret string) clientView {
-	v := clientView{
-		ClientID: c.ClientID, ClientName: c.ClientName, Description: c.Description, AppType: c.AppType,
-		AllowedScopes: nonNilList(c.AllowedScopes), AllowedGrantTypes: nonNilList(c.AllowedGrantTypes),
-		AllowedOrigins: nonNilList(c.AllowedOrigins), RedirectURIs: nonNilList(c.RedirectURIs),
-		AllowedAuthMethods: c.AllowedAuthMethods, ClientURI: c.ClientURI, LogoURI: c.LogoURI, OwnerID: c.OwnerID,
-		ClientSecretHint: c.ClientSecretHint, ConsentMethod: c.ConsentMethod, ClientSecret: newSecret,
-	}
-	if !c.CreatedAt.IsZero() {
-		t := c.CreatedAt.UTC()
-		v.CreatedAt = &t
-	}
-	return v
-}
-
-func nonNilList(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
-func (o *clientsOutput) encode(v any) error {
-	enc := json.NewEncoder(o.w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// note prints a line for people; JSON output stays a single document.
-func (o *clientsOutput) note(format string, a ...any) {
-	if !o.json {
-		fmt.Fprintf(o.w, format+"\n", a...)
-	}
-}
-
-// done prints the result of a command that returns no client.
-func (o *clientsOutput) done(v any, format string, a ...any) error {
-	if o.json {
-		return o.encode(v)
-	}
-	_, err := fmt.Fprintf(o.w, format+"\n", a...)
-	return err
-}
-
-func (o *clientsOutput) list(cs []qlik.OAuthClient) error {
-	if o.json {
-		views := make([]clientView, len(cs))
-		for i, c := range cs {
-			views[i] = viewOf(c, "")
-		}
-		return o.encode(views)
-	}
-	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT ID\tNAME\tAPP TYPE\tCONSENT\tSCOPES\tCREATED")
-	for _, c := range cs {
-		created := "-"
-		if !c.CreatedAt.IsZero() {
-			created = c.CreatedAt.UTC().Format(time.DateOnly)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ClientID, terminalSafe(c.ClientName, 60), c.AppType,
-			orDash(c.ConsentMethod), orDash(strings.Join(c.AllowedScopes, ",")), created)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintf(o.w, "%d clients\n", len(cs))
-	return err
-}
-
-// client prints one client; newSecret, when the tenant just made one, is
-// printed with a warning, since Qlik never shows it again.
-func (o *clientsOutput) client(c qlik.OAuthClient, newSecret string) error {
-	if o.json {
-		if newSecret != "" {
-			fmt.Fprintln(o.stderr, secretWarning)
-		}
-		return o.encode(viewOf(c, newSecret))
-	}
-	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, orDash(v)) }
-	row("Client ID", c.ClientID)
-	row("Name", terminalSafe(c.ClientName, 256))
-	row("Description", terminalSafe(c.Description, 512))
-	row("App type", c.AppType)
-	row("Consent", c.ConsentMethod)
-	row("Scopes", strings.Join(c.AllowedScopes, ", "))
-	row("Grant types", strings.Join(c.AllowedGrantTypes, ", "))
-	row("Origins", strings.Join(c.AllowedOrigins, ", "))
-	row("Redirect URIs", strings.Join(c.RedirectURIs, ", "))
-	row("Auth methods", strings.Join(c.AllowedAuthMethods, ", "))
-	row("Secret hint", c.ClientSecretHint)
-	row("Owner", c.OwnerID)
-	if !c.CreatedAt.IsZero() {
-		row("Created", c.CreatedAt.UTC().Format(time.RFC3339))
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if newSecret != "" {
-		fmt.Fprintf(o.w, "\nClient secret: %s\n%s\n", newSecret, secretWarning)
-	}
-	return nil
-}
-
-func (o *clientsOutput) secret(s qlik.ClientSecret) error {
-	if o.json {
-		fmt.Fprintln(o.stderr, secretWarning)
-		v := struct {
-			ClientID     string     `json:"clientId"`
-			ClientSecret string     `json:"clientSecret"`
-			Hint         string     `json:"hint"`
-			CreatedAt    *time.Time `json:"createdAt,omitempty"`
-		}{ClientID: s.ClientID, ClientSecret: s.ClientSecret, Hint: s.Hint}
-		if !s.CreatedAt.IsZero() {
-			t := s.CreatedAt.UTC()
-			v.CreatedAt = &t
-		}
-		return o.encode(v)
-	}
-	_, err := fmt.Fprintf(o.w, "New secret of client %s (hint %s)\n\nClient secret: %s\n%s\n", s.ClientID, s.Hint, s.ClientSecret, secretWarning)
-	return err
-}
-
-const secretWarning = "WARNING: Qlik shows a client secret only this once. Store it now (e.g. in a Kubernetes Secret); it cannot be read back later."
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

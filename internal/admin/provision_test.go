@@ -1,20 +1,15 @@
-package main
+package admin
 
 import (
-	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"sigs.k8s.io/yaml"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -75,24 +70,13 @@ func (p *provisionRun) storedSecret(t *testing.T) string {
 	return m.StringData["client-secret"]
 }
 
-// mount copies the Secret's value where Kubernetes would mount it.
-func (p *provisionRun) mount(t *testing.T) {
-	t.Helper()
-	if err := os.MkdirAll(p.mountDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(p.mountDir, "client-secret"), []byte(p.storedSecret(t)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (p *provisionRun) readRegistry(t *testing.T) tenantsFile {
+func (p *provisionRun) readRegistry(t *testing.T) config.TenantsFile {
 	t.Helper()
 	raw, err := os.ReadFile(p.registry)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f tenantsFile
+	var f config.TenantsFile
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
 		t.Fatalf("tenants file: %v\n%s", err, raw)
 	}
@@ -135,9 +119,9 @@ func TestProvisionFreshTenant(t *testing.T) {
 
 	// Another tenant is already registered: it must survive.
 	globexSecret := p.writeFile(t, "globex-secret", "globex-secret-value")
-	globex := tenantEntry{ID: "globex", URL: "https://globex.eu.qlikcloud.com", ClientID: "globex-client",
+	globex := config.TenantEntry{ID: "globex", URL: "https://globex.eu.qlikcloud.com", ClientID: "globex-client",
 		ClientSecretFile: globexSecret, UserLookup: "subject"}
-	raw, _ := yaml.Marshal(tenantsFile{Tenants: []tenantEntry{globex}})
+	raw, _ := yaml.Marshal(config.TenantsFile{Tenants: []config.TenantEntry{globex}})
 	p.writeFile(t, "tenants.yaml", string(raw))
 
 	out, err := p.provision(t)
@@ -173,24 +157,15 @@ func TestProvisionFreshTenant(t *testing.T) {
 	if len(reg.Tenants) != 2 || reg.Tenants[0].ID != "globex" || reg.Tenants[0].UserLookup != "subject" || reg.Tenants[0].ClientID != "globex-client" {
 		t.Fatalf("the other tenant was not kept: %+v", reg.Tenants)
 	}
-	want := tenantEntry{ID: "acme", URL: tn.URL(), ClientID: c.ID, ClientSecretFile: filepath.Join(p.mountDir, "client-secret"),
+	want := config.TenantEntry{ID: "acme", URL: tn.URL(), ClientID: c.ID, ClientSecretFile: filepath.Join(p.mountDir, "client-secret"),
 		AllowedOrigins: []string{"https://app.example.com"}}
 	if got := reg.Tenants[1]; got.ID != want.ID || got.URL != want.URL || got.ClientID != want.ClientID ||
 		got.ClientSecretFile != want.ClientSecretFile || !slices.Equal(got.AllowedOrigins, want.AllowedOrigins) {
 		t.Fatalf("entry %+v, want %+v", got, want)
 	}
 
-	// The entry works for a real /v1/token call at once.
-	p.mount(t)
-	base := serveRegistry(t, p.registry)
-	ada := tn.AddUser(qliktest.User{Name: "Ada", Subject: "idp|ada", Status: "active"})
-	code, tok := provisionedToken(t, base, jwt.MapClaims{"sub": ada.ID, "tenant": "acme"})
-	if code != 200 {
-		t.Fatalf("/v1/token: %d %s", code, tok)
-	}
-	if u, err := tn.TokenUser(tok); err != nil || u.ID != ada.ID {
-		t.Fatalf("the token acts for %v (%v), want %s", u.ID, err, ada.ID)
-	}
+	// That the entry works for a real /v1/token call at once is
+	// TestProvisionedTenantServes, in package main: it runs `serve`.
 
 	// Second run: everything is in place; no write call, no file change.
 	writes, files := tn.WriteCalls(), readFiles(t, p.registry, p.secret)
@@ -395,7 +370,8 @@ func TestProvisionRefusesBadInput(t *testing.T) {
 		{[]string{"provision", "--registry-out", p.registry, "--secret-out", p.secret}, "--tenant-id is required"},
 		{[]string{"provision", "--tenant-id", "acme", "--secret-out", p.secret}, "--registry-out is required"},
 		{[]string{"provision", "--tenant-id", "acme", "--registry-out", p.registry, "--secret-out", p.registry}, "must differ"},
-		{[]string{"provision", "--tenant-id", "Acme", "--registry-out", p.registry, "--secret-out", p.secret}, "--secret-name"},
+		{[]string{"provision", "--tenant-id", "Acme", "--registry-out", p.registry, "--secret-out", p.secret}, `--tenant-id: tenant id "Acme": use 1 to 63 lower-case letters`},
+		{[]string{"provision", "--tenant-id", "acme", "--secret-name", "Qtb_Acme", "--registry-out", p.registry, "--secret-out", p.secret}, "--secret-name"},
 		{[]string{"provision", "--tenant-id", "acme", "--origin", "https://*.example.com", "--registry-out", p.registry, "--secret-out", p.secret}, "wildcards"},
 		{[]string{"provision", "--tenant-id", "acme", "--secret-mount-dir", "rel/dir", "--registry-out", p.registry, "--secret-out", p.secret}, "absolute"},
 		{[]string{"provision", "--tenant-id", "acme", "--registry-out", p.registry, "--secret-out", filepath.Join(p.dir, "not-a-secret.yaml")}, "not a Secret"},
@@ -409,58 +385,4 @@ func TestProvisionRefusesBadInput(t *testing.T) {
 	if n := p.tn.WriteCalls() + p.tn.Calls(qliktest.EndpointOAuthClients); n != 0 {
 		t.Fatalf("refused runs reached the tenant %d times", n)
 	}
-}
-
-const provisionHMAC = "an-hmac-key-of-at-least-32-bytes-long!"
-
-// serveRegistry runs `serve` in process on the tenants file and returns the
-// API base URL.
-func serveRegistry(t *testing.T, registry string) string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(api, _ net.Addr) { addr <- api }))
-	done := make(chan error, 1)
-	var logs syncBuffer
-	env := map[string]string{"QTB_TENANTS_FILE": registry, "QTB_TENANT_CLAIM": "tenant",
-		"QTB_SESSION_HMAC_SECRET": provisionHMAC, "QTB_SHUTDOWN_TIMEOUT": "5s"}
-	go func() {
-		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, envFunc(env), io.Discard, &logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	select {
-	case a := <-addr:
-		return "http://" + a.String()
-	case err := <-done:
-		done <- err
-		t.Fatalf("serve exited: %v\n%s", err, logs.String())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("serve did not start:\n%s", logs.String())
-	}
-	return ""
-}
-
-// provisionedToken asks the broker for a token with a session carrying claims.
-func provisionedToken(t *testing.T, base string, claims jwt.MapClaims) (int, string) {
-	t.Helper()
-	claims["exp"] = time.Now().Add(time.Hour).Unix()
-	session, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(provisionHMAC))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest("GET", base+"/v1/token", nil)
-	req.Header.Set("Authorization", "Bearer "+session)
-	req.Header.Set("Accept", "text/plain")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
