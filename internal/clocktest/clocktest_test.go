@@ -1,6 +1,12 @@
 package clocktest_test
 
 import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,5 +58,44 @@ func TestClockConcurrent(t *testing.T) {
 	wg.Wait()
 	if got, want := c.Now(), t0.Add(800*time.Second); !got.Equal(want) {
 		t.Fatalf("Now = %v, want %v", got, want)
+	}
+}
+
+// TestOnlyTestsImportIt: a fake clock in production code would be a bug, and
+// the service packages import no other project package.
+func TestOnlyTestsImportIt(t *testing.T) {
+	const self = "github.com/qtb-dev/qlik-token-broker/internal/clocktest"
+	root := filepath.Join("..", "..")
+	files := 0
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "vendor") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		files++
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range f.Imports {
+			if p, _ := strconv.Unquote(imp.Path.Value); p == self {
+				t.Errorf("%s imports %s: only _test.go files may", path, self)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 20 {
+		t.Fatalf("looked at only %d non-test files: is %s the module root?", files, root)
 	}
 }
