@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/cache/redistest"
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
@@ -26,25 +26,11 @@ import (
 
 var hmacKey = []byte("0123456789abcdef0123456789abcdef-test-key")
 
-// clock is a settable clock shared by the verifier, broker and tenant.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// clock is a settable clock shared by the verifier, broker and tenant: the
+// project's one test clock, under the name the broker tests use.
+type clock = clocktest.Clock
 
-func newClock() *clock { return &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock { return clocktest.New(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)) }
 
 // env is one broker in front of one fake tenant.
 type env struct {

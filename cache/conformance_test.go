@@ -12,28 +12,13 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 )
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newFakeClock returns a clock tests move by hand, at a fixed start.
+func newFakeClock() *clocktest.Clock {
+	return clocktest.New(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // runConformance runs the behaviour every store must share. newStore returns
@@ -42,7 +27,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func runConformance(t *testing.T, newStore func(t *testing.T, now func() time.Time) store) {
 	tests := []struct {
 		name string
-		run  func(t *testing.T, s store, clock *fakeClock)
+		run  func(t *testing.T, s store, clock *clocktest.Clock)
 	}{
 		{"Miss", testMiss},
 		{"RoundTrip", testRoundTrip},
@@ -107,7 +92,7 @@ func abbrev(b []byte) []byte {
 // assertExpiresIn checks that key, just set with ttl, lives for ttl. Redis is
 // asked for the key's PTTL; other stores are judged by advancing the clock
 // they were given, which consumes the key.
-func assertExpiresIn(t *testing.T, s store, clock *fakeClock, key string, value []byte, ttl time.Duration) {
+func assertExpiresIn(t *testing.T, s store, clock *clocktest.Clock, key string, value []byte, ttl time.Duration) {
 	t.Helper()
 	if r, ok := s.(interface{ Client() redis.UniversalClient }); ok {
 		pttl, err := r.Client().PTTL(t.Context(), key).Result()
@@ -125,18 +110,18 @@ func assertExpiresIn(t *testing.T, s store, clock *fakeClock, key string, value 
 	mustMiss(t, s, key)
 }
 
-func testMiss(t *testing.T, s store, _ *fakeClock) {
+func testMiss(t *testing.T, s store, _ *clocktest.Clock) {
 	mustMiss(t, s, "absent")
 }
 
-func testRoundTrip(t *testing.T, s store, _ *fakeClock) {
+func testRoundTrip(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "k1", []byte("v1"), time.Minute)
 	mustSet(t, s, "k2", []byte("v2"), time.Minute)
 	mustGet(t, s, "k1", []byte("v1"))
 	mustGet(t, s, "k2", []byte("v2"))
 }
 
-func testGetReturnsCopy(t *testing.T, s store, _ *fakeClock) {
+func testGetReturnsCopy(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("value"), time.Minute)
 	got, err := s.Get(t.Context(), "k")
 	if err != nil {
@@ -146,20 +131,20 @@ func testGetReturnsCopy(t *testing.T, s store, _ *fakeClock) {
 	mustGet(t, s, "k", []byte("value"))
 }
 
-func testSetStoresCopy(t *testing.T, s store, _ *fakeClock) {
+func testSetStoresCopy(t *testing.T, s store, _ *clocktest.Clock) {
 	v := []byte("value")
 	mustSet(t, s, "k", v, time.Minute)
 	v[0] = 'X'
 	mustGet(t, s, "k", []byte("value"))
 }
 
-func testOverwrite(t *testing.T, s store, _ *fakeClock) {
+func testOverwrite(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("old"), time.Minute)
 	mustSet(t, s, "k", []byte("new"), time.Minute)
 	mustGet(t, s, "k", []byte("new"))
 }
 
-func testDelete(t *testing.T, s store, _ *fakeClock) {
+func testDelete(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("v"), time.Minute)
 	mustSet(t, s, "other", []byte("w"), time.Minute)
 	if err := s.Delete(t.Context(), "k"); err != nil {
@@ -169,13 +154,13 @@ func testDelete(t *testing.T, s store, _ *fakeClock) {
 	mustGet(t, s, "other", []byte("w"))
 }
 
-func testDeleteAbsent(t *testing.T, s store, _ *fakeClock) {
+func testDeleteAbsent(t *testing.T, s store, _ *clocktest.Clock) {
 	if err := s.Delete(t.Context(), "absent"); err != nil {
 		t.Fatalf("Delete(absent) = %v, want nil", err)
 	}
 }
 
-func testInvalidTTL(t *testing.T, s store, _ *fakeClock) {
+func testInvalidTTL(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "kept", []byte("v"), time.Minute)
 	for _, ttl := range []time.Duration{0, -time.Nanosecond, -time.Hour} {
 		if err := s.Set(t.Context(), "new", []byte("x"), ttl); !errors.Is(err, ErrInvalidTTL) {
@@ -189,18 +174,18 @@ func testInvalidTTL(t *testing.T, s store, _ *fakeClock) {
 	mustGet(t, s, "kept", []byte("v"))
 }
 
-func testExpiry(t *testing.T, s store, clock *fakeClock) {
+func testExpiry(t *testing.T, s store, clock *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("v"), 90*time.Second)
 	assertExpiresIn(t, s, clock, "k", []byte("v"), 90*time.Second)
 }
 
-func testOverwriteResetsTTL(t *testing.T, s store, clock *fakeClock) {
+func testOverwriteResetsTTL(t *testing.T, s store, clock *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("old"), time.Minute)
 	mustSet(t, s, "k", []byte("new"), time.Hour)
 	assertExpiresIn(t, s, clock, "k", []byte("new"), time.Hour)
 }
 
-func testBinaryValue(t *testing.T, s store, _ *fakeClock) {
+func testBinaryValue(t *testing.T, s store, _ *clocktest.Clock) {
 	v := make([]byte, 0, 512)
 	for i := range 256 {
 		v = append(v, byte(i))
@@ -210,7 +195,7 @@ func testBinaryValue(t *testing.T, s store, _ *fakeClock) {
 	mustGet(t, s, "bin", v)
 }
 
-func testEmptyValue(t *testing.T, s store, _ *fakeClock) {
+func testEmptyValue(t *testing.T, s store, _ *clocktest.Clock) {
 	for _, v := range [][]byte{{}, nil} {
 		mustSet(t, s, "empty", v, time.Minute)
 		got, err := s.Get(t.Context(), "empty")
@@ -220,7 +205,7 @@ func testEmptyValue(t *testing.T, s store, _ *fakeClock) {
 	}
 }
 
-func testLargeValue(t *testing.T, s store, _ *fakeClock) {
+func testLargeValue(t *testing.T, s store, _ *clocktest.Clock) {
 	v := make([]byte, 1<<20)
 	_, _ = rand.Read(v)
 	mustSet(t, s, "large", v, time.Minute)
@@ -229,7 +214,7 @@ func testLargeValue(t *testing.T, s store, _ *fakeClock) {
 
 // testConcurrent races writers, readers and deleters over a few keys; a
 // reader may miss but must never see a torn or foreign value.
-func testConcurrent(t *testing.T, s store, _ *fakeClock) {
+func testConcurrent(t *testing.T, s store, _ *clocktest.Clock) {
 	const workers, ops, keys = 8, 200, 4
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -271,7 +256,7 @@ func testConcurrent(t *testing.T, s store, _ *fakeClock) {
 	wg.Wait()
 }
 
-func testCancelledContext(t *testing.T, s store, _ *fakeClock) {
+func testCancelledContext(t *testing.T, s store, _ *clocktest.Clock) {
 	mustSet(t, s, "k", []byte("v"), time.Minute)
 
 	cancelled, cancel := context.WithCancel(t.Context())

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -21,28 +22,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var start = time.Date(2024, 3, 17, 18, 21, 41, 0, time.UTC)
 
-// clock is shared by tenant and client so expiry and Retry-After dates are exact.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type fixture struct {
 	tn     *qliktest.Tenant
 	c      *qlik.Client
-	clock  *clock
+	clock  *clocktest.Clock // shared by tenant and client so expiry and Retry-After dates are exact
 	creds  qlik.Credentials
 	user   qliktest.User
 	byID   qlik.UserLookup
@@ -51,7 +34,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts qlik.Options, tenantOpts ...qliktest.Option) *fixture {
 	t.Helper()
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	tn, err := qliktest.New(append([]qliktest.Option{qliktest.WithClock(clk.Now)}, tenantOpts...)...)
 	if err != nil {
 		t.Fatal(err)

@@ -162,10 +162,18 @@ func sign(t testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims, head
 	return s
 }
 
-// signRaw signs exactly the given header and payload JSON.
+// signRaw signs exactly the given header and payload JSON (so that
+// duplicate names and odd types survive).
 func signRaw(t testing.TB, method jwt.SigningMethod, key any, header, payload string) string {
 	t.Helper()
-	in := b64(header) + "." + b64(payload)
+	return signSegments(t, method, key, b64(header), b64(payload))
+}
+
+// signSegments signs two already-encoded segments as they are (padded,
+// non-canonical or illegal encodings included).
+func signSegments(t testing.TB, method jwt.SigningMethod, key any, header, payload string) string {
+	t.Helper()
+	in := header + "." + payload
 	sig, err := method.Sign(in, key)
 	if err != nil {
 		t.Fatal(err)

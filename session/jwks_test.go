@@ -18,6 +18,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
@@ -257,30 +258,13 @@ func TestJWKSUnknownKIDRateLimit(t *testing.T) {
 	}
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestJWKSReady(t *testing.T) {
 	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	js := newJWKSServer(t)
 	js.down.Store(true)
-	clock := &fakeClock{t: now}
+	clock := clocktest.New(now)
 	cfg := jwksConfig(js.srv.URL)
 	cfg.Now = clock.Now
 	cfg.JWKSUnknownKIDMinWait = 30 * time.Second

@@ -10,12 +10,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
 
@@ -27,30 +27,12 @@ const impersonation = "urn:qlik:oauth:user-impersonation"
 // 2024-03-18T00:21:41.000Z.
 var start = time.Date(2024, 3, 17, 18, 21, 41, 0, time.UTC)
 
-// clock is a settable tenant clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // harness is a tenant on a real listener, an HTTP client for it, and its clock.
 type harness struct {
 	t     *testing.T
 	tn    *qliktest.Tenant
 	hc    *http.Client
-	clock *clock
+	clock *clocktest.Clock // the tenant's clock
 	// A client and user set up for most tests.
 	client qliktest.OAuthClient
 	user   qliktest.User
@@ -58,7 +40,7 @@ type harness struct {
 
 func newHarness(t *testing.T, opts ...qliktest.Option) *harness {
 	t.Helper()
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	tn, err := qliktest.New(append([]qliktest.Option{qliktest.WithClock(clk.Now)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
