@@ -213,6 +213,15 @@ start, or that would put a secret where it does not belong. */}}
 {{- fail (printf "qlik-token-broker: extraEnv %s: credentials in the pod spec; send spans to a collector that adds them (e.g. an OpenTelemetry Collector in the cluster)" .name) }}
 {{- end }}
 {{- end }}
+{{- $otlp := toString $v.tracing.otlpEndpoint }}
+{{- $otlpTLS := list }}
+{{- range $v.extraEnv }}
+{{- if eq .name "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" }}{{ $otlp = toString .value }}{{ end }}
+{{- if regexMatch "^OTEL_EXPORTER_OTLP(_TRACES)?_(CERTIFICATE|CLIENT_CERTIFICATE|CLIENT_KEY)$" .name }}{{ $otlpTLS = append $otlpTLS .name }}{{ end }}
+{{- end }}
+{{- if and $otlpTLS (hasPrefix "http://" (lower $otlp)) }}
+{{- fail (printf "qlik-token-broker: extraEnv %s configure TLS for the OTLP exporter, but its endpoint is http://: use https:// (the exporter refuses TLS settings for plain HTTP, and the broker would not start)" (join ", " $otlpTLS)) }}
+{{- end }}
 {{- range $v.extraVolumeMounts }}
 {{- if .subPath }}
 {{- fail (printf "qlik-token-broker: extraVolumeMounts %s: subPath mounts never see updates; mount the directory" .name) }}
@@ -324,6 +333,9 @@ empty value stands for the broker's default. */}}
 name: {{ if eq .Values.mode "sidecar" }}{{ .Values.sidecar.containerName }}{{ else }}qlik-token-broker{{ end }}
 image: {{ include "qlik-token-broker.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- /* The image's ENTRYPOINT is the binary and its CMD ["serve"]; args
+replaces CMD, so the subcommand is explicit here and no command overrides
+ENTRYPOINT. helm/compose_test.go runs the two composed. */}}
 args: ["serve"]
 ports:
   - name: {{ $api }}
