@@ -6,6 +6,14 @@
 # The runtime image holds the static binary only: no shell, no package
 # manager, uid 65532. The HEALTHCHECK is for Docker and Compose; Kubernetes
 # uses the chart's HTTP probes instead.
+#
+# ENTRYPOINT is the binary and CMD its default subcommand, serve:
+#   docker run IMAGE                runs /qlik-token-broker serve
+#   docker run IMAGE version        runs /qlik-token-broker version (or
+#                                   healthcheck, clients, provision, ...)
+# Kubernetes' args replace CMD, so the chart sets args: ["serve"] and
+# leaves command (which would replace ENTRYPOINT) unset.
+# helm/compose_test.go composes them as Kubernetes and Docker do.
 
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
@@ -36,4 +44,5 @@ USER 65532:65532
 EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/qlik-token-broker", "healthcheck"]
-ENTRYPOINT ["/qlik-token-broker", "serve"]
+ENTRYPOINT ["/qlik-token-broker"]
+CMD ["serve"]

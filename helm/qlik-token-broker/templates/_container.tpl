@@ -156,6 +156,11 @@ start, or that would put a secret where it does not belong. */}}
 {{- end }}
 {{- include "qlik-token-broker.validateTenants" . }}
 {{- $r := $v.redis }}
+{{- /* Not in the schema: its error would read only "'not' failed". The
+message never repeats the URL, which holds the password. */}}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@|[?&][^=&#]*(password|%)[^=&#]*=" (toString $r.url) }}
+{{- fail "qlik-token-broker: redis.url holds a password (user:password@ or a password query parameter): remove it from the URL and put the password in an existing Secret named by redis.existingSecret (key redis.passwordKey); the broker reads it from QTB_REDIS_PASSWORD_FILE. A user name alone may stay in the URL." }}
+{{- end }}
 {{- $redis := include "qlik-token-broker.redisEnabled" . }}
 {{- if and $r.existingSecret (not $redis) }}
 {{- fail "qlik-token-broker: redis.existingSecret needs redis.url or redis.addrs" }}
@@ -197,6 +202,13 @@ start, or that would put a secret where it does not belong. */}}
 {{- fail "qlik-token-broker: config.memoryCacheMax was renamed config.l1MaxEntries (QTB_L1_MAX_ENTRIES)" }}
 {{- end }}
 {{- include "qlik-token-broker.validateDurations" . }}
+{{- /* The sleep action is beta, on by default, from 1.30 (PodLifecycleSleepAction).
+Below 1.29 Helm refuses the chart itself (Chart.yaml kubeVersion), except
+helm lint, which renders for v1.20 and installs nothing. */}}
+{{- $kube := .Capabilities.KubeVersion.Version }}
+{{- if and (gt (int $v.preStopSleepSeconds) 0) (semverCompare ">=1.29.0-0" $kube) (semverCompare "<1.30.0-0" $kube) }}
+{{- fail (printf "qlik-token-broker: preStopSleepSeconds needs Kubernetes 1.30 or later (the preStop sleep action); this cluster is %s: set preStopSleepSeconds: 0" $kube) }}
+{{- end }}
 {{- if eq (int $v.ports.api) (int $v.ports.metrics) }}
 {{- fail "qlik-token-broker: ports.api and ports.metrics must differ" }}
 {{- end }}
@@ -212,6 +224,15 @@ start, or that would put a secret where it does not belong. */}}
 {{- if and (regexMatch "^OTEL_EXPORTER_OTLP(_TRACES|_METRICS|_LOGS)?_HEADERS$" .name) (regexMatch "(?i)authori[sz]ation|api[-_]?key|token|secret|password|bearer|basic" (default "" .value)) }}
 {{- fail (printf "qlik-token-broker: extraEnv %s: credentials in the pod spec; send spans to a collector that adds them (e.g. an OpenTelemetry Collector in the cluster)" .name) }}
 {{- end }}
+{{- end }}
+{{- $otlp := toString $v.tracing.otlpEndpoint }}
+{{- $otlpTLS := list }}
+{{- range $v.extraEnv }}
+{{- if eq .name "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" }}{{ $otlp = toString .value }}{{ end }}
+{{- if regexMatch "^OTEL_EXPORTER_OTLP(_TRACES)?_(CERTIFICATE|CLIENT_CERTIFICATE|CLIENT_KEY)$" .name }}{{ $otlpTLS = append $otlpTLS .name }}{{ end }}
+{{- end }}
+{{- if and $otlpTLS (hasPrefix "http://" (lower $otlp)) }}
+{{- fail (printf "qlik-token-broker: extraEnv %s configure TLS for the OTLP exporter, but its endpoint is http://: use https:// (the exporter refuses TLS settings for plain HTTP, and the broker would not start)" (join ", " $otlpTLS)) }}
 {{- end }}
 {{- range $v.extraVolumeMounts }}
 {{- if .subPath }}
@@ -324,6 +345,9 @@ empty value stands for the broker's default. */}}
 name: {{ if eq .Values.mode "sidecar" }}{{ .Values.sidecar.containerName }}{{ else }}qlik-token-broker{{ end }}
 image: {{ include "qlik-token-broker.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- /* The image's ENTRYPOINT is the binary and its CMD ["serve"]; args
+replaces CMD, so the subcommand is explicit here and no command overrides
+ENTRYPOINT. helm/compose_test.go runs the two composed. */}}
 args: ["serve"]
 ports:
   - name: {{ $api }}
