@@ -239,7 +239,7 @@ func TestAllOptions(t *testing.T) {
 		"QTB_PROXY_TIMEOUT":             "10m",
 		"QTB_PROXY_MAX_BODY":            "67108864",
 		"QTB_PROXY_WEBSOCKET":           "true",
-		"OTEL_EXPORTER_OTLP_ENDPOINT":   "http://otel-collector.monitoring.svc:4318",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":   "https://otel-collector.monitoring.svc:4318",
 		"OTEL_SERVICE_NAME":             "acme-token-broker",
 		"OTEL_EXPORTER_OTLP_CLIENT_KEY": "/etc/qlik-token-broker/otlp-client/tls.key",
 	} {

@@ -1,27 +1,24 @@
 package helm_test
 
 import (
-	"go/ast"
-	"go/parser"
-	"go/token"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qtb-dev/qlik-token-broker/internal/config"
 )
 
 // pendingSettings are variables the chart already sets for broker features
 // still being built; anything else the chart sets must be in settings().
 var pendingSettings []string
 
-// TestEverySettingReachable: each variable `serve` reads (config.go,
-// settings()) can be set from values; a secret only as its *_FILE form.
+// TestEverySettingReachable: each variable `serve` reads (internal/config's
+// Settings()) can be set from values; a secret only as its *_FILE form.
 func TestEverySettingReachable(t *testing.T) {
 	t.Parallel()
 	settings := serveSettings(t)
 	if len(settings) < 20 {
-		t.Fatalf("found only %d settings in ../config.go: %v", len(settings), settings)
+		t.Fatalf("found only %d settings in config.Settings(): %v", len(settings), settings)
 	}
 	isSetting := map[string]bool{}
 	for _, s := range settings {
@@ -61,43 +58,19 @@ func TestEverySettingReachable(t *testing.T) {
 	}
 	for _, p := range pendingSettings {
 		if isSetting[p] {
-			t.Logf("%s now exists in config.go; drop it from pendingSettings", p)
+			t.Logf("%s now exists in config.Settings(); drop it from pendingSettings", p)
 		}
 	}
 }
 
-// serveSettings reads the variable names listed in settings() in ../config.go.
-// It is the one place the chart tests learn the broker's settings.
-//
-// TODO(merge): config.Settings() — once internal/config exports the settings
-// table, return the Env of each entry instead of parsing source.
+// serveSettings lists the variables `serve` reads, from internal/config's
+// settings table. It is the one place the chart tests learn the broker's
+// settings.
 func serveSettings(t *testing.T) []string {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", "config.go"), nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var names []string
-	for _, decl := range f.Decls {
-		fn, ok := decl.(*ast.FuncDecl)
-		if !ok || fn.Name.Name != "settings" {
-			continue
-		}
-		ast.Inspect(fn.Body, func(n ast.Node) bool {
-			cl, ok := n.(*ast.CompositeLit)
-			if !ok || len(cl.Elts) == 0 {
-				return true
-			}
-			if lit, ok := cl.Elts[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-				if s, err := strconv.Unquote(lit.Value); err == nil && strings.HasPrefix(s, "QTB_") {
-					names = append(names, s)
-				}
-			}
-			return true
-		})
-	}
-	if names == nil {
-		t.Fatal("no settings() with QTB_* entries in ../config.go")
+	for _, s := range config.Settings() {
+		names = append(names, s.Env)
 	}
 	return names
 }
