@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -19,7 +20,7 @@ import (
 // while failNext is set. gate, when set, holds every call until it is
 // closed, and entered is signalled as each call begins.
 type fakeSource struct {
-	clock    *clock
+	clock    *clocktest.Clock
 	life     time.Duration
 	calls    atomic.Int32
 	failNext atomic.Bool
@@ -112,7 +113,7 @@ func TestReuseTokenSource(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := &clock{t: start}
+			clk := clocktest.New(start)
 			src := &fakeSource{clock: clk, life: tt.life}
 			ts := qlik.ReuseTokenSource(src, tt.early, clk.Now)
 			for i, s := range tt.steps {
@@ -136,7 +137,7 @@ func TestReuseTokenSource(t *testing.T) {
 // TestReuseTokenSourceCopies checks a caller that changes its token does not
 // change what the next caller gets.
 func TestReuseTokenSourceCopies(t *testing.T) {
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	ts := qlik.ReuseTokenSource(&fakeSource{clock: clk, life: time.Hour}, 0, clk.Now)
 	first, err := ts.Token(t.Context())
 	if err != nil {
@@ -153,7 +154,7 @@ func TestReuseTokenSourceCopies(t *testing.T) {
 // way wait for it and share its token; only one reaches the source.
 func TestReuseTokenSourceConcurrent(t *testing.T) {
 	const callers = 16
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	src := &fakeSource{clock: clk, life: time.Hour, gate: make(chan struct{}), entered: make(chan struct{}, callers)}
 	ts := qlik.ReuseTokenSource(src, 5*time.Minute, clk.Now)
 
@@ -191,7 +192,7 @@ func TestReuseTokenSourceConcurrent(t *testing.T) {
 // leaves when its context ends, without a fetch of its own; a failed fetch
 // is not handed to the waiters, the next one fetches again.
 func TestReuseTokenSourceWaiterGivesUp(t *testing.T) {
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	src := &fakeSource{clock: clk, life: time.Hour, gate: make(chan struct{}), entered: make(chan struct{}, 4)}
 	src.failNext.Store(true)
 	ts := qlik.ReuseTokenSource(src, 5*time.Minute, clk.Now)
@@ -223,7 +224,7 @@ func TestReuseTokenSourceWaiterGivesUp(t *testing.T) {
 }
 
 func TestReuseTokenSourceNilSource(t *testing.T) {
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	ts := qlik.ReuseTokenSource(nilSource{}, 0, clk.Now)
 	if tok, err := ts.Token(t.Context()); err == nil || tok != nil {
 		t.Errorf("Token = %v, %v; want an error for a source that gave nothing", tok, err)
@@ -338,7 +339,7 @@ func TestAdminTokenSourceErrors(t *testing.T) {
 	}
 
 	// A source error that is not the tenant's is wrapped the same way.
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	src := &fakeSource{clock: clk, life: time.Hour}
 	src.failNext.Store(true)
 	_, err := f.c.Admin(src).Me(t.Context())
