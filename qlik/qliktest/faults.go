@@ -89,12 +89,12 @@ func (t *Tenant) serveFault(w http.ResponseWriter, r *http.Request, f Fault) {
 		if secs, err := strconv.Atoi(f.RetryAfter); err == nil {
 			detail = fmt.Sprintf("You need to wait %d seconds until limit is lifted.", secs)
 		}
-		writeError(w, status, "HTTP-429", "API rate limit reached.", detail)
+		writeErrorBody(w, status, "HTTP-429", "API rate limit reached.", detail, usersPath(r.URL.Path))
 	default:
 		title := http.StatusText(status)
 		if title == "" {
 			title = "Error"
 		}
-		writeError(w, status, "HTTP-"+strconv.Itoa(status), title+".", "Injected fault.")
+		writeErrorBody(w, status, "HTTP-"+strconv.Itoa(status), title+".", "Injected fault.", usersPath(r.URL.Path))
 	}
 }
