@@ -686,3 +686,46 @@ func TestAdminTransportErrorHidesURL(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestMeFollowsOneRedirect: users/me is a 301; Me follows it on the tenant
+// under /api/v1/users/ only, so the bearer never goes elsewhere.
+func TestMeFollowsOneRedirect(t *testing.T) {
+	for _, tc := range []struct{ to, want string }{
+		{"abc", "abc"}, // relative to /api/v1/users/me, as the fake answers
+		{"/api/v1/users/def", "def"},
+		{"{base}/api/v1/users/gh", "gh"},
+		{"https://evil.example/api/v1/users/x", ""},
+		{"../../../oauth/token", ""},
+		{"/api/v1/users/a/b", ""},
+		{"me", ""},
+	} {
+		t.Run(tc.to, func(t *testing.T) {
+			var seen []string
+			var srv *httptest.Server
+			srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen = append(seen, r.URL.Path)
+				switch {
+				case r.URL.Path == "/api/v1/users/me":
+					w.Header().Set("Location", strings.ReplaceAll(tc.to, "{base}", srv.URL))
+					w.WriteHeader(http.StatusMovedPermanently)
+				case strings.HasPrefix(r.URL.Path, "/api/v1/users/"):
+					_, _ = w.Write([]byte(`{"id":"` + strings.TrimPrefix(r.URL.Path, "/api/v1/users/") + `"}`))
+				default:
+					w.WriteHeader(http.StatusTeapot)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			c, err := qlik.New(srv.URL, qlik.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := adminWith(c, "bearer").Me(t.Context())
+			switch {
+			case tc.want == "" && (!errors.Is(err, qlik.ErrMalformedResponse) || len(seen) != 1):
+				t.Errorf("%+v, %v (requests %v); want refused after one request", u, err, seen)
+			case tc.want != "" && (err != nil || u.ID != tc.want):
+				t.Errorf("%+v, %v; want user %s", u, err, tc.want)
+			}
+		})
+	}
+}

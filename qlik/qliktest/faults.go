@@ -15,7 +15,7 @@ const (
 	EndpointRevoke  Endpoint = "revoke"   // POST /oauth/revoke
 	EndpointUsersMe Endpoint = "users_me" // GET /api/v1/users/me
 
-	EndpointUsers            Endpoint = "users"             // GET, POST /api/v1/users
+	EndpointUsers            Endpoint = "users"             // GET, POST /api/v1/users; GET /api/v1/users/{id}
 	EndpointOAuthClients     Endpoint = "oauth_clients"     // GET, POST /api/v1/oauth-clients; GET, PATCH, DELETE /api/v1/oauth-clients/{id}
 	EndpointClientSecrets    Endpoint = "client_secrets"    // POST .../{id}/client-secrets, DELETE .../{id}/client-secrets/{hint}
 	EndpointConnectionConfig Endpoint = "connection_config" // GET, PATCH .../{id}/connection-configs/me
