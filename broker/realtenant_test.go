@@ -317,3 +317,25 @@ func TestWrongExpiresAt(t *testing.T) {
 		t.Fatalf("the disagreement was logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// TestUpstreamFailureLogsTraceID: any failed call to the tenant is logged
+// with the traceId of the tenant's answer, which Qlik support asks for.
+func TestUpstreamFailureLogsTraceID(t *testing.T) {
+	logs := &logBuffer{}
+	var rec *refusalRecorder
+	e := newEnv(t, envOptions{logs: logs, issuer: func(i broker.Issuer) broker.Issuer { rec = &refusalRecorder{Issuer: i}; return rec },
+		tune: func(c *broker.Config) { c.Upstream.Retries = 0 }})
+	ada := e.addUser("Ada")
+	e.tenant.InjectFault(qliktest.EndpointToken, qliktest.Fault{Status: 503})
+	resp, body := e.do("GET", "/v1/token", e.session(ada.ID), nil)
+	if resp.StatusCode != 502 {
+		t.Fatalf("503 upstream: %d %s", resp.StatusCode, body)
+	}
+	trace := rec.first()
+	if trace == "" || !strings.Contains(logs.String(), "traceId="+trace) {
+		t.Fatalf("the traceId %q of the tenant's 503 is not in the log:\n%s", trace, logs.String())
+	}
+	if strings.Contains(string(body), trace) {
+		t.Errorf("the caller was shown upstream detail: %s", body)
+	}
+}
