@@ -231,6 +231,9 @@ func (u *upstream) refused(ctx context.Context, user qlik.UserLookup, qe *qlik.E
 		tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
 		again := refusal(err)
 		if again == nil {
+			if err == nil { // the new secret works
+				u.client.okUntil.Store(u.now().Add(credsGoodFor).UnixNano())
+			}
 			return tok, err
 		}
 		qe = again
