@@ -80,9 +80,9 @@ Get a Qlik access token as the demo user:
 
   curl -s -H 'Authorization: Bearer %s' %s/v1/token
 
-Ask the tenant whom that token acts for:
+Ask the tenant whom that token acts for (users/me is a redirect to the user's own page, so -L):
 
-  curl -s -H "Authorization: Bearer $(curl -s -H 'Accept: text/plain' -H 'Authorization: Bearer %s' %s/v1/token)" %s/api/v1/users/me
+  curl -sL -H "Authorization: Bearer $(curl -s -H 'Accept: text/plain' -H 'Authorization: Bearer %s' %s/v1/token)" %s/api/v1/users/me
 
 `, tenant.URL(), user.Name, user.Email, user.ID, base, metricsAddr, sessionToken,
 			sessionToken, base, sessionToken, base, tenant.URL())

@@ -176,7 +176,8 @@ func TestLogoutEvictsAndRevokes(t *testing.T) {
 // TestUpstreamFailures: each failure maps to a clear status and JSON body,
 // nothing is cached, and the next request reaches the tenant again.
 func TestUpstreamFailures(t *testing.T) {
-	invalidClient := `{"errors":[{"code":"invalid_client","title":"Invalid client credentials","status":"401"}]}`
+	// A real tenant's answer to a bad client (qlik-api.md section 1).
+	invalidClient := `{"errors":[{"title":"Invalid client_id","detail":"OAuth client is not authorized","code":"OAUTH-14","status":"400"}],"traceId":"0000000000000000d3a2403ffa24786d"}`
 	for _, tc := range []struct {
 		name       string
 		fault      qliktest.Fault
@@ -190,12 +191,16 @@ func TestUpstreamFailures(t *testing.T) {
 		{"server error", qliktest.Fault{Status: 500}, 3, 502, "upstream_unavailable", "", 4},
 		{"unavailable", qliktest.Fault{Status: 503}, 3, 502, "upstream_unavailable", "", 4},
 		{"connection closed", qliktest.Fault{CloseConn: true}, 3, 502, "upstream_unavailable", "", 4},
-		{"bad client", qliktest.Fault{Status: 401, Body: invalidClient}, 1, 502, "upstream_misconfigured", "", 2},
-		// A bare 401 does not say who was refused: the broker checks its
-		// credentials with a client_credentials call, finds them good, so
-		// the user is unknown.
+		// A refusal does not say who was refused (codes are opaque): the
+		// broker checks its credentials with a client_credentials call,
+		// which the tenant refuses too, so the client is misconfigured.
+		{"bad client", qliktest.Fault{Status: 400, Body: invalidClient}, 2, 502, "upstream_misconfigured", "", 3},
+		{"bad client, 401 reading", qliktest.Fault{Status: 401, Body: invalidClient}, 2, 502, "upstream_misconfigured", "", 3},
+		// The check finds the credentials good, so the user is unknown.
 		{"unknown user", qliktest.Fault{Status: 401}, 1, 403, "unknown_user", "", 3},
-		{"bad request", qliktest.Fault{Status: 400}, 1, 502, "upstream_rejected", "", 2},
+		// A 400 with good credentials is a request the tenant will not
+		// take for this user.
+		{"bad request", qliktest.Fault{Status: 400}, 1, 502, "upstream_rejected", "", 3},
 		{"user forbidden", qliktest.Fault{Status: 403}, 1, 403, "user_forbidden", "", 2},
 		{"malformed json", qliktest.Fault{Status: 200, Body: `{"access_token":`}, 1, 502, "upstream_malformed", "", 2},
 		{"no access token", qliktest.Fault{Status: 200, Body: `{"token_type":"bearer","expires_in":21600}`}, 1, 502, "upstream_malformed", "", 2},

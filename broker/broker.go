@@ -19,8 +19,8 @@
 // fill.go (lookups, coalescing, leases), refresh.go (refresh-ahead),
 // logout.go (eviction and revocation), keys.go (Redis key names),
 // answer.go (the cached, pre-rendered answer and the stored codec),
-// tenants.go (the registry), upstream.go (one tenant's client: credentials
-// and 401s), guard.go (the road), routes.go, cors.go, instrument.go,
+// tenants.go (the registry), upstream.go and credentials.go (one tenant's
+// client: credentials and refusals), directory.go (emails to users), guard.go (the road), routes.go, cors.go, instrument.go,
 // proxy.go, service.go, limit.go (the HTTP API), errors.go (every error
 // and the one mapping to HTTP), trace.go (spans).
 package broker
@@ -50,7 +50,7 @@ import (
 type Issuer interface {
 	ImpersonationToken(ctx context.Context, creds qlik.Credentials, user qlik.UserLookup, scope string) (*qlik.Token, error)
 	// ClientCredentialsToken checks the client's own credentials when a
-	// 401 does not say whether the client or the user was refused.
+	// 400 or 401 does not say whether the client or the user was refused.
 	ClientCredentialsToken(ctx context.Context, creds qlik.Credentials, scope string) (*qlik.Token, error)
 	Revoke(ctx context.Context, creds qlik.Credentials, accessToken string) error
 }
@@ -85,8 +85,8 @@ type Tenant struct {
 	Credentials qlik.Credentials
 	Scope       string
 	// ReloadSecret, when set, re-reads the client secret (from its file)
-	// after the tenant answers 401, so a rotated secret is picked up
-	// without a restart.
+	// after the tenant answers 400 or 401, and while the client is known
+	// to be refused, so a rotated secret is picked up without a restart.
 	ReloadSecret func() (string, error)
 	// URL is the tenant's address, for logs and the reverse proxy.
 	URL string

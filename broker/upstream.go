@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -132,32 +131,38 @@ var _ SharedLimiter = (*cache.Redis)(nil)
 
 // upstream is one tenant as the broker calls it: its configuration, the
 // client credentials in use, and the road to its token endpoint (a guard
-// around the tenant's Issuer). It reads what a 401 means: every call it
-// makes, the retry after re-reading a rotated secret and the check of the
-// credentials included, goes through the guard.
+// around the tenant's Issuer). It reads what a refusal means (client or
+// user) by the HTTP status and a cached check of its own credentials, never
+// by the tenant's error codes: every call it makes, the retry after
+// re-reading a rotated secret and the check of the credentials included,
+// goes through the guard.
 type upstream struct {
 	tenant Tenant
 	road   *guard
 	tracer trace.Tracer
 	deps
 
-	// credsOKUntil (unix nanos) is when the client credentials stop being
-	// known good; kept across registry reloads.
-	credsOKUntil *atomic.Int64
-	credsMu      sync.RWMutex
-	creds        qlik.Credentials
+	// client is what is known of the client credentials; kept across
+	// registry reloads.
+	client  *clientState
+	credsMu sync.RWMutex
+	creds   qlik.Credentials
 }
 
 func newUpstream(t Tenant, road *guard, tracer trace.Tracer, d deps) *upstream {
-	return &upstream{tenant: t, road: road, tracer: tracer, deps: d, credsOKUntil: new(atomic.Int64), creds: t.Credentials}
+	return &upstream{tenant: t, road: road, tracer: tracer, deps: d, client: new(clientState), creds: t.Credentials}
 }
 
 // withTenant is u with a new configuration of the same tenant and client,
 // keeping its guard's state (cooldown, breaker, limits) around the new
-// configuration's Issuer.
+// configuration's Issuer. A new secret forgets that the old one was
+// refused.
 func (u *upstream) withTenant(t Tenant) *upstream {
+	if t.Credentials.ClientSecret != u.credentials().ClientSecret {
+		u.client.badUntil.Store(0)
+	}
 	return &upstream{tenant: t, road: u.road.wrap(t.Issuer), tracer: u.tracer, deps: u.deps,
-		credsOKUntil: u.credsOKUntil, creds: t.Credentials}
+		client: u.client, creds: t.Credentials}
 }
 
 func (u *upstream) credentials() qlik.Credentials {
@@ -167,12 +172,20 @@ func (u *upstream) credentials() qlik.Credentials {
 }
 
 // impersonate asks the tenant for a token for user, within ctx's deadline.
+// While the client is known to be refused it asks nothing, unless the
+// secret on disk has changed since.
 func (u *upstream) impersonate(ctx context.Context, user qlik.UserLookup) (_ *qlik.Token, err error) {
 	ctx, span := u.tracer.Start(ctx, spanUpstream, trace.WithAttributes(attrTenant.String(u.tenant.ID)))
 	defer func() { endSpan(span, spanOutcome(err), err) }()
+	if err := u.stillRefused(ctx); err != nil {
+		return nil, err
+	}
 	tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
-	if qe := qlikStatus(err, 401); qe != nil {
-		return u.unauthorized(ctx, user, qe)
+	if qe := refusal(err); qe != nil {
+		tok, err = u.refused(ctx, user, qe)
+	}
+	if err == nil {
+		u.noteExpiry(ctx, tok)
 	}
 	return tok, err
 }
@@ -195,63 +208,84 @@ func qlikStatus(err error, code int) *qlik.Error {
 	return nil
 }
 
-// unauthorized handles a 401 to an impersonation request. Qlik answers 401
-// both for bad client credentials and (unconfirmed) for an unknown user.
-// The secret may have been rotated: re-read it once and retry. Otherwise
-// tell the two cases apart by the error code, or when it is not
-// conclusive by checking the credentials with a client_credentials call
-// (remembered for five minutes).
-func (u *upstream) unauthorized(ctx context.Context, user qlik.UserLookup, qe *qlik.Error) (*qlik.Token, error) {
+// refusal returns the tenant's answer beneath err when it is a 400 or a
+// 401: the statuses with which Qlik refuses either the client (a wrong
+// secret is a 400 "OAUTH-14" in the one public real answer, a 401 in the
+// schema) or the request or user (a bad lookup is a 400, an unknown user
+// likely a 401). Which one only a check of the credentials can tell.
+func refusal(err error) *qlik.Error {
+	if qe := qlikStatus(err, 400); qe != nil {
+		return qe
+	}
+	return qlikStatus(err, 401)
+}
+
+// refused reads a 400 or 401 to an impersonation request. The secret may
+// have been rotated: re-read it and retry once when it changed. Otherwise,
+// when the credentials were checked good lately, the refusal is the
+// user's (or the request's); when not, one client_credentials call
+// (shared by concurrent callers, remembered) tells a refused client from a
+// refused user.
+func (u *upstream) refused(ctx context.Context, user qlik.UserLookup, qe *qlik.Error) (*qlik.Token, error) {
 	if u.reloadSecret(ctx) {
 		tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
-		again := qlikStatus(err, 401)
+		again := refusal(err)
 		if again == nil {
+			if err == nil { // the new secret works
+				u.client.okUntil.Store(u.now().Add(credsGoodFor).UnixNano())
+			}
 			return tok, err
 		}
 		qe = again
 	}
-	switch qe.Code {
-	case "invalid_client", "unauthorized_client":
-		return nil, u.invalidClient(ctx, qe)
-	case "invalid_grant", "invalid_user", "user_not_found":
-		return nil, u.unknownUser(qe)
+	if u.client.knownGood(u.now()) {
+		return nil, u.userRefused(qe)
 	}
-	if u.now().UnixNano() < u.credsOKUntil.Load() {
-		return nil, u.unknownUser(qe)
-	}
-	_, err := u.road.ClientCredentialsToken(ctx, u.credentials(), "")
-	var (
-		ue *UnavailableError
-		ce *qlik.Error
-	)
+	good, checkErr := u.checkCredentials(ctx)
 	switch {
-	case errors.As(err, &ue):
-		return nil, err // the check itself was refused: no answer yet
-	case qlikStatus(err, 401) != nil:
-		return nil, u.invalidClient(ctx, qe)
-	case err == nil || errors.As(err, &ce):
-		// The tenant accepted the credentials (or refused only the grant).
-		u.credsOKUntil.Store(u.now().Add(5 * time.Minute).UnixNano())
-		return nil, u.unknownUser(qe)
+	case checkErr != nil:
+		// The check itself got no answer (cooldown, breaker, 5xx): say
+		// what the tenant said to the request.
+		var ue *UnavailableError
+		if errors.As(checkErr, &ue) {
+			return nil, checkErr
+		}
+		return nil, fmt.Errorf("%w: token: %w", ErrUpstream, qe)
+	case !good:
+		return nil, u.clientRefused(ctx, qe)
 	}
-	return nil, fmt.Errorf("%w: token: %w", ErrUpstream, qe)
+	return nil, u.userRefused(qe)
 }
 
-func (u *upstream) unknownUser(qe *qlik.Error) error {
-	reject(u.m, CauseUnknownUser)
-	return fmt.Errorf("%w: %w", ErrUnknownUser, qe)
+// userRefused is a refusal with the client's credentials known good: a
+// 401 means the tenant has no such (active) user; a 400 a request the
+// tenant will not take for this user (scope, lookup), which no operator
+// action on the broker's side fixes either, so it stays a 502.
+func (u *upstream) userRefused(qe *qlik.Error) error {
+	if qe.StatusCode == 401 {
+		reject(u.m, CauseUnknownUser)
+		return fmt.Errorf("%w: %w", ErrUnknownUser, qe)
+	}
+	return fmt.Errorf("%w: token: %w", ErrUpstream, qe)
 }
 
-func (u *upstream) invalidClient(ctx context.Context, qe *qlik.Error) error {
+// clientRefused records and reports a tenant answer that the broker's own
+// client credentials are wrong: an error log with the tenant's traceId,
+// the invalid-credentials metric (which the alert reads) and, for a while,
+// no more calls with the same secret.
+func (u *upstream) clientRefused(ctx context.Context, qe *qlik.Error) error {
+	u.client.badUntil.Store(u.now().Add(credsBadFor).UnixNano())
 	reject(u.m, CauseInvalidClient)
 	u.m.UpstreamInvalidCredentials.WithLabelValues(u.tenant.ID).Inc()
 	u.log.ErrorContext(ctx, "the tenant refused the broker's OAuth client credentials; check the client id and secret",
-		"tenant", u.tenant.ID, "client_id", u.credentials().ClientID, "code", qe.Code)
+		"tenant", u.tenant.ID, "client_id", u.credentials().ClientID, "status", qe.StatusCode, "code", qe.Code,
+		"trace_id", qe.TraceID, "quiet_for", credsBadFor)
 	return fmt.Errorf("%w: %w", ErrInvalidClient, qe)
 }
 
 // reloadSecret re-reads the client secret (a rotated Kubernetes secret
-// file) and reports whether it changed.
+// file) and reports whether it changed. A change forgets that the old
+// secret was refused.
 func (u *upstream) reloadSecret(ctx context.Context) bool {
 	if u.tenant.ReloadSecret == nil {
 		return false
@@ -267,6 +301,7 @@ func (u *upstream) reloadSecret(ctx context.Context) bool {
 		return false
 	}
 	u.creds.ClientSecret = secret
+	u.client.badUntil.Store(0)
 	u.log.InfoContext(ctx, "client secret changed on disk; using the new one", "tenant", u.tenant.ID)
 	return true
 }

@@ -224,8 +224,17 @@ func TestUnknownUser(t *testing.T) {
 	if resp.StatusCode != 403 || eb.Error != "unknown_user" || !strings.Contains(eb.Message, "no active user") {
 		t.Fatalf("unknown user: %d %s", resp.StatusCode, body)
 	}
-	if n := e.tenant.Calls(qliktest.EndpointToken); n != 1 {
-		t.Fatalf("token calls = %d, want 1 (no retry)", n)
+	// One impersonation and one check of the broker's own credentials
+	// (the status alone does not say who was refused); no retry.
+	if n := e.tenant.Calls(qliktest.EndpointToken); n != 2 {
+		t.Fatalf("token calls = %d, want 2 (no retry)", n)
+	}
+	// The check is remembered: another unknown user costs one call.
+	if resp, _ := e.do("GET", "/v1/token", e.session("6422bad8022070c06d2417bd"), nil); resp.StatusCode != 403 {
+		t.Fatalf("second unknown user: %d", resp.StatusCode)
+	}
+	if n := e.tenant.Calls(qliktest.EndpointToken); n != 3 {
+		t.Fatalf("token calls = %d, want 3", n)
 	}
 	// A disabled user is refused by the tenant with 403.
 	ada := e.addUser("Ada")

@@ -92,7 +92,7 @@ func TestFindUsers(t *testing.T) {
 		})
 	}
 
-	all, err := f.api.FindUsers(t.Context(), `email co "example.com" and status eq "active"`)
+	all, err := f.api.FindUsers(t.Context(), `email co "example.com" and (status eq "active")`)
 	if err != nil || len(all) != 4 {
 		t.Errorf("FindUsers = %d users, %v", len(all), err)
 	}
@@ -120,7 +120,7 @@ func TestFindUsersPaginates(t *testing.T) {
 		f.tn.AddUser(qliktest.User{Subject: fmt.Sprintf("bulk|%03d", i), Email: fmt.Sprintf("bulk%03d@example.com", i)})
 	}
 	f.tn.ResetCounters()
-	users, err := f.api.FindUsers(t.Context(), `subject sw "bulk|"`)
+	users, err := f.api.FindUsers(t.Context(), `subject co "bulk|"`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestProvisionImpersonationClient(t *testing.T) {
 	// Impersonation fails until consent is trusted.
 	_, err = f.c.ImpersonationToken(ctx, oc.Credentials(), f.byID, "")
 	var qe *qlik.Error
-	if !errors.As(err, &qe) || qe.StatusCode != 400 || qe.Code != "consent_required" {
+	if !errors.As(err, &qe) || qe.StatusCode != 400 {
 		t.Fatalf("untrusted impersonation: %v", err)
 	}
 	if m, err := f.api.GetConsent(ctx, oc.ClientID); err != nil || m != qlik.ConsentRequired {
@@ -684,5 +684,48 @@ func TestAdminTransportErrorHidesURL(t *testing.T) {
 	_, err = adminWith(c, "token").FindUserByEmail(t.Context(), "ada@example.com")
 	if err == nil || strings.Contains(err.Error(), "ada") || strings.Contains(err.Error(), "/api/v1") || !strings.Contains(err.Error(), "qlik: users:") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestMeFollowsOneRedirect: users/me is a 301; Me follows it on the tenant
+// under /api/v1/users/ only, so the bearer never goes elsewhere.
+func TestMeFollowsOneRedirect(t *testing.T) {
+	for _, tc := range []struct{ to, want string }{
+		{"abc", "abc"}, // relative to /api/v1/users/me, as the fake answers
+		{"/api/v1/users/def", "def"},
+		{"{base}/api/v1/users/gh", "gh"},
+		{"https://evil.example/api/v1/users/x", ""},
+		{"../../../oauth/token", ""},
+		{"/api/v1/users/a/b", ""},
+		{"me", ""},
+	} {
+		t.Run(tc.to, func(t *testing.T) {
+			var seen []string
+			var srv *httptest.Server
+			srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen = append(seen, r.URL.Path)
+				switch {
+				case r.URL.Path == "/api/v1/users/me":
+					w.Header().Set("Location", strings.ReplaceAll(tc.to, "{base}", srv.URL))
+					w.WriteHeader(http.StatusMovedPermanently)
+				case strings.HasPrefix(r.URL.Path, "/api/v1/users/"):
+					_, _ = w.Write([]byte(`{"id":"` + strings.TrimPrefix(r.URL.Path, "/api/v1/users/") + `"}`))
+				default:
+					w.WriteHeader(http.StatusTeapot)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			c, err := qlik.New(srv.URL, qlik.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := adminWith(c, "bearer").Me(t.Context())
+			switch {
+			case tc.want == "" && (!errors.Is(err, qlik.ErrMalformedResponse) || len(seen) != 1):
+				t.Errorf("%+v, %v (requests %v); want refused after one request", u, err, seen)
+			case tc.want != "" && (err != nil || u.ID != tc.want):
+				t.Errorf("%+v, %v; want user %s", u, err, tc.want)
+			}
+		})
 	}
 }

@@ -218,6 +218,7 @@ type request struct {
 	bearer   string            // sent as Authorization: Bearer when non-empty
 	header   map[string]string // extra headers
 	body     any               // sent as JSON when non-nil
+	location *string           // when set, receives the Location of a 3xx answer
 }
 
 // send performs rq and returns the status and body of a 2xx answer. Any other
@@ -260,6 +261,9 @@ func (c *Client) send(ctx context.Context, rq request) (int, []byte, error) {
 	tooLarge := int64(len(body)) > c.maxBody
 	if tooLarge {
 		body = body[:c.maxBody]
+	}
+	if rq.location != nil && resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		*rq.location = resp.Header.Get("Location")
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// The status is the answer; a truncated or broken body only costs the

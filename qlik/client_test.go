@@ -130,7 +130,7 @@ func TestRevoke(t *testing.T) {
 	}
 	bad := qlik.Credentials{ClientID: f.creds.ClientID, ClientSecret: "wrong"}
 	var qe *qlik.Error
-	if err := f.c.Revoke(t.Context(), bad, tok.AccessToken); !errors.As(err, &qe) || qe.StatusCode != 401 || qe.Endpoint != "revoke" {
+	if err := f.c.Revoke(t.Context(), bad, tok.AccessToken); !errors.As(err, &qe) || qe.StatusCode != 400 || qe.Code != "OAUTH-14" || qe.Endpoint != "revoke" {
 		t.Errorf("wrong secret: %v", err)
 	}
 }
@@ -184,29 +184,39 @@ func TestErrorStatuses(t *testing.T) {
 		temporary bool
 	}{
 		{name: "400 scope not allowed", scope: "admin.users",
-			want: qlik.Error{StatusCode: 400, Code: "invalid_scope", Title: "Bad request.", Detail: "A requested scope is not allowed for this client."}},
-		{name: "401 wrong secret", creds: &qlik.Credentials{ClientID: "x", ClientSecret: "y"},
-			want: qlik.Error{StatusCode: 401, Code: "invalid_client", Title: "Unauthorized.", Detail: "Invalid client credentials."}},
+			want: qlik.Error{StatusCode: 400, Code: "OAUTH-3", Title: "Invalid scope.", Detail: "A requested scope is not allowed for this client.", Status: "400"}},
+		{name: "400 wrong client (the public report's answer)", creds: &qlik.Credentials{ClientID: "x", ClientSecret: "y"},
+			want: qlik.Error{StatusCode: 400, Code: "OAUTH-14", Title: "Invalid client_id", Detail: "OAuth client is not authorized", Status: "400"}},
+		{name: "the public report's body verbatim", fault: &qliktest.Fault{Status: 400,
+			Body: `{"errors":[{"title":"Invalid client_id","detail":"OAuth client is not authorized","code":"OAUTH-14","status":"400"}],"traceId":"0000000000000000d3a2403ffa24786d"}`},
+			want: qlik.Error{StatusCode: 400, Code: "OAUTH-14", Title: "Invalid client_id", Detail: "OAuth client is not authorized", Status: "400",
+				TraceID: "0000000000000000d3a2403ffa24786d"}},
+		{name: "users API shape: numeric status", fault: &qliktest.Fault{Status: 409,
+			Body: `{"errors":[{"code":"USERS-9","title":"Conflict","status":409}],"traceId":"abc"}`},
+			want: qlik.Error{StatusCode: 409, Code: "USERS-9", Title: "Conflict", Status: "409", TraceID: "abc"}},
+		{name: "traceId of an odd type is ignored", fault: &qliktest.Fault{Status: 400,
+			Body: `{"errors":[{"code":"X","title":"T","status":{"a":1}}],"traceId":[1]}`},
+			want: qlik.Error{StatusCode: 400, Code: "X", Title: "T"}},
 		{name: "401 unknown user", user: &qlik.UserLookup{Field: qlik.FieldSubject, Value: "auth0|nobody"},
-			want: qlik.Error{StatusCode: 401, Code: "invalid_grant", Title: "Unauthorized.", Detail: "The user does not exist."}},
+			want: qlik.Error{StatusCode: 401, Code: "OAUTH-11", Title: "Unauthorized.", Detail: "The user does not exist.", Status: "401"}},
 		{name: "403 disabled user", user: &qlik.UserLookup{Field: qlik.FieldUserID, Value: disabled.ID},
-			want: qlik.Error{StatusCode: 403, Code: "access_denied", Title: "Forbidden.", Detail: "The user is not active."}},
+			want: qlik.Error{StatusCode: 403, Code: "OAUTH-12", Title: "Forbidden.", Detail: "The user is not active.", Status: "403"}},
 		{name: "403 token quota", fault: &qliktest.Fault{Status: 403,
 			Body: `{"errors":[{"code":"OAUTH-12","title":"Maximum number of tokens reached.","status":"403"}]}`},
-			want: qlik.Error{StatusCode: 403, Code: "OAUTH-12", Title: "Maximum number of tokens reached."}},
+			want: qlik.Error{StatusCode: 403, Code: "OAUTH-12", Title: "Maximum number of tokens reached.", Status: "403"}},
 		{name: "429 Retry-After seconds", fault: &qliktest.Fault{Status: 429, RetryAfter: "13"}, temporary: true,
 			want: qlik.Error{StatusCode: 429, Code: "HTTP-429", Title: "API rate limit reached.",
-				Detail: "You need to wait 13 seconds until limit is lifted.", RetryAfter: 13 * time.Second}},
+				Detail: "You need to wait 13 seconds until limit is lifted.", Status: "429", RetryAfter: 13 * time.Second}},
 		{name: "429 Retry-After HTTP-date", fault: &qliktest.Fault{Status: 429, RetryAfter: httpDate}, temporary: true,
 			want: qlik.Error{StatusCode: 429, Code: "HTTP-429", Title: "API rate limit reached.",
-				Detail: "You need to wait until limit is lifted.", RetryAfter: 90 * time.Second}},
+				Detail: "You need to wait until limit is lifted.", Status: "429", RetryAfter: 90 * time.Second}},
 		{name: "429 garbage Retry-After", fault: &qliktest.Fault{Status: 429, RetryAfter: "soon"}, temporary: true,
 			want: qlik.Error{StatusCode: 429, Code: "HTTP-429", Title: "API rate limit reached.",
-				Detail: "You need to wait until limit is lifted."}},
+				Detail: "You need to wait until limit is lifted.", Status: "429"}},
 		{name: "500", fault: &qliktest.Fault{Status: 500}, temporary: true,
-			want: qlik.Error{StatusCode: 500, Code: "HTTP-500", Title: "Internal Server Error.", Detail: "Injected fault."}},
+			want: qlik.Error{StatusCode: 500, Code: "HTTP-500", Title: "Internal Server Error.", Detail: "Injected fault.", Status: "500"}},
 		{name: "503 with Retry-After", fault: &qliktest.Fault{Status: 503, RetryAfter: "5"}, temporary: true,
-			want: qlik.Error{StatusCode: 503, Code: "HTTP-503", Title: "Service Unavailable.", Detail: "Injected fault.", RetryAfter: 5 * time.Second}},
+			want: qlik.Error{StatusCode: 503, Code: "HTTP-503", Title: "Service Unavailable.", Detail: "Injected fault.", Status: "503", RetryAfter: 5 * time.Second}},
 		{name: "RFC 6749 body", fault: &qliktest.Fault{Status: 400, Body: `{"error":"invalid_grant","error_description":"bad user"}`},
 			want: qlik.Error{StatusCode: 400, Code: "invalid_grant", Title: "bad user"}},
 		{name: "HTML body", fault: &qliktest.Fault{Status: 502, Body: `<html>Bad gateway</html>`}, temporary: true,
@@ -214,9 +224,9 @@ func TestErrorStatuses(t *testing.T) {
 		{name: "empty errors array", fault: &qliktest.Fault{Status: 400, Body: `{"errors":[]}`},
 			want: qlik.Error{StatusCode: 400}},
 		{name: "numeric status field", fault: &qliktest.Fault{Status: 401, Body: `{"errors":[{"code":"X","title":"T","status":401}]}`},
-			want: qlik.Error{StatusCode: 401, Code: "X", Title: "T"}},
+			want: qlik.Error{StatusCode: 401, Code: "X", Title: "T", Status: "401"}},
 		{name: "3xx is not followed", fault: &qliktest.Fault{Status: 302},
-			want: qlik.Error{StatusCode: 302, Code: "HTTP-302", Title: "Found.", Detail: "Injected fault."}},
+			want: qlik.Error{StatusCode: 302, Code: "HTTP-302", Title: "Found.", Detail: "Injected fault.", Status: "302"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -237,8 +247,16 @@ func TestErrorStatuses(t *testing.T) {
 			}
 			want := tt.want
 			want.Endpoint = "token"
-			if *qe != want {
-				t.Errorf("got  %#v\nwant %#v", *qe, want)
+			got := *qe
+			if tt.fault == nil || tt.fault.Body == "" {
+				// The fake's own answer: a fresh traceId each time.
+				if len(got.TraceID) != 32 || !strings.Contains(err.Error(), "traceId="+got.TraceID) {
+					t.Errorf("traceId %q not parsed or not in %q", got.TraceID, err)
+				}
+				got.TraceID = ""
+			}
+			if got != want {
+				t.Errorf("got  %#v\nwant %#v", got, want)
 			}
 			if qe.Temporary() != tt.temporary {
 				t.Errorf("Temporary() = %v", qe.Temporary())

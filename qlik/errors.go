@@ -34,13 +34,17 @@ var (
 )
 
 // Error is a non-2xx answer from the tenant. It carries what a caller needs to
-// branch on and nothing of the request: no URL, body, secret or token.
+// log and nothing of the request: no URL, body, secret or token. Codes are
+// opaque (Qlik publishes no catalogue of its OAUTH-n, USERS-n, HTTP-n codes):
+// decide by StatusCode, and quote TraceID, which Qlik support asks for.
 type Error struct {
 	Endpoint   string        // "token", "revoke", "users", "users-me", "oauth-clients", "oauth-client-secrets" or "oauth-client-consent"
 	StatusCode int           // HTTP status
-	Code       string        // first errors[].code, or the RFC 6749 "error"
+	Code       string        // first errors[].code (e.g. OAUTH-14), or the RFC 6749 "error"
 	Title      string        // errors[].title, or error_description
 	Detail     string        // errors[].detail; may echo request data, so Error() omits it
+	Status     string        // errors[].status as sent, a string ("400") or a number (400); "" when absent
+	TraceID    string        // the body's top-level traceId; "" when absent
 	RetryAfter time.Duration // parsed Retry-After; 0 when absent or invalid
 }
 
@@ -59,6 +63,10 @@ func (e *Error) Error() string {
 		b.WriteByte(' ')
 		b.WriteString(strconv.Quote(truncate(e.Title, 200)))
 	}
+	if e.TraceID != "" {
+		b.WriteString(" traceId=")
+		b.WriteString(quoteIfOdd(truncate(e.TraceID, 64)))
+	}
 	return b.String()
 }
 
@@ -68,14 +76,31 @@ func (e *Error) Temporary() bool {
 }
 
 // errorBody accepts both the documented Qlik shape and the RFC 6749 one.
+// status is a string in the OAuth API and a number in the users API.
 type errorBody struct {
 	Errors []struct {
-		Code   string `json:"code"`
-		Title  string `json:"title"`
-		Detail string `json:"detail"`
+		Code   string          `json:"code"`
+		Title  string          `json:"title"`
+		Detail string          `json:"detail"`
+		Status json.RawMessage `json:"status"`
 	} `json:"errors"`
-	Error            string `json:"error"`
-	ErrorDescription string `json:"error_description"`
+	TraceID          json.RawMessage `json:"traceId"`
+	Error            string          `json:"error"`
+	ErrorDescription string          `json:"error_description"`
+}
+
+// scalar returns a JSON string's value or a JSON number's digits; anything
+// else (object, array, null, absent) is "".
+func scalar(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
 }
 
 func newError(endpoint string, status int, header http.Header, body []byte, now time.Time) *Error {
@@ -87,9 +112,13 @@ func newError(endpoint string, status int, header http.Header, body []byte, now 
 	if json.Unmarshal(body, &eb) != nil {
 		return e
 	}
+	if id := scalar(eb.TraceID); id != "" {
+		e.TraceID = truncate(id, 128)
+	}
 	switch {
 	case len(eb.Errors) > 0:
-		e.Code, e.Title, e.Detail = eb.Errors[0].Code, eb.Errors[0].Title, eb.Errors[0].Detail
+		first := eb.Errors[0]
+		e.Code, e.Title, e.Detail, e.Status = first.Code, first.Title, first.Detail, truncate(scalar(first.Status), 16)
 	case eb.Error != "":
 		e.Code, e.Title = eb.Error, eb.ErrorDescription
 	}

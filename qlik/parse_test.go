@@ -19,7 +19,13 @@ func TestParseTokenResponse(t *testing.T) {
 	}{
 		{"contract example", `{"access_token":"eyJ","token_type":"bearer","scope":"user_default","expires_at":"2024-03-18T00:21:41.000Z","expires_in":21600}`,
 			start.Add(6 * time.Hour), "user_default"},
-		{"expires_at wins over expires_in", `{"access_token":"a","expires_at":"2024-03-17T19:21:41Z","expires_in":60}`, start.Add(time.Hour), ""},
+		{"the earlier of expires_at and expires_in wins", `{"access_token":"a","expires_at":"2024-03-17T19:21:41Z","expires_in":60}`, start.Add(time.Minute), ""},
+		{"the earlier of expires_in and expires_at wins", `{"access_token":"a","expires_at":"2024-03-17T19:21:41Z","expires_in":7200}`, start.Add(time.Hour), ""},
+		{"expires_at in 1970 (the reference's example) falls back", `{"access_token":"a","expires_at":"1970-01-01T00:00:00.000Z","expires_in":21600}`, start.Add(6 * time.Hour), ""},
+		{"expires_at at the epoch as a number falls back", `{"access_token":"a","expires_at":0,"expires_in":21600}`, start.Add(6 * time.Hour), ""},
+		{"expires_at far in the future: expires_in bounds it", `{"access_token":"a","expires_at":"9999-12-31T23:59:59Z","expires_in":21600}`, start.Add(6 * time.Hour), ""},
+		{"expires_in zero, expires_at fine", `{"access_token":"a","expires_at":"2024-03-17T19:21:41Z","expires_in":0}`, start.Add(time.Hour), ""},
+		{"both in the past", `{"access_token":"a","expires_at":"1970-01-01T00:00:00Z","expires_in":-1}`, time.Time{}, ""},
 		{"expires_at with offset", `{"access_token":"a","expires_at":"2024-03-17T20:21:41.500+01:00"}`, start.Add(time.Hour + 500*time.Millisecond), ""},
 		{"garbled expires_at falls back", `{"access_token":"a","expires_at":"tomorrow","expires_in":60}`, start.Add(time.Minute), ""},
 		{"expires_in as string", `{"access_token":"a","expires_in":"60"}`, start.Add(time.Minute), ""},
@@ -151,4 +157,24 @@ func FuzzParseRetryAfter(f *testing.F) {
 			t.Fatalf("ParseRetryAfter(%q) = %s, %v", v, d, ok)
 		}
 	})
+}
+
+// TestExpiryWarning: a token whose expires_at and expires_in disagree is
+// still served, with a warning saying which was used; agreeing ones carry
+// none.
+func TestExpiryWarning(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"access_token":"a","expires_at":"2024-03-18T00:21:41.000Z","expires_in":21600}`: "",
+		`{"access_token":"a","expires_at":"2024-03-18T00:22:41.000Z","expires_in":21600}`: "", // within the tolerance
+		`{"access_token":"a","expires_in":21600}`:                                         "",
+		`{"access_token":"a","expires_at":"1970-01-01T00:00:00.000Z","expires_in":21600}`: "expires_at is past; using expires_in",
+		`{"access_token":"a","expires_at":"tomorrow","expires_in":21600}`:                 "expires_at is invalid; using expires_in",
+		`{"access_token":"a","expires_at":"2024-03-18T00:21:41Z","expires_in":"soon"}`:    "expires_in is invalid; using expires_at",
+		`{"access_token":"a","expires_at":"2024-03-19T00:21:41Z","expires_in":21600}`:     "expires_at and expires_in disagree by 24h0m0s; using the earlier",
+	} {
+		tok, err := qlik.ParseTokenResponse([]byte(body), start)
+		if err != nil || tok.ExpiryWarning != want {
+			t.Errorf("%s: %v, warning %q, want %q", body, err, tok.ExpiryWarning, want)
+		}
+	}
 }

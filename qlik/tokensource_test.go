@@ -326,7 +326,7 @@ func TestAdminTokenSourceErrors(t *testing.T) {
 	f.tn.ResetCounters()
 	for range 2 {
 		_, err := api.FindUserByEmail(t.Context(), f.user.Email)
-		wantQlikError(t, err, "token", 401)
+		wantQlikError(t, err, "token", 400)
 		if !strings.HasPrefix(err.Error(), "qlik: admin token: ") || strings.Contains(fmt.Sprintf("%+v", err), secretSentinel) {
 			t.Errorf("err = %v", err)
 		}

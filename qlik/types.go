@@ -89,7 +89,12 @@ type Token struct {
 	AccessToken string
 	TokenType   string    // always "bearer"
 	Scope       string    // space-delimited scopes granted
-	ExpiresAt   time.Time // from expires_at, else receipt time + expires_in
+	ExpiresAt   time.Time // the earlier usable one of expires_at and receipt time + expires_in
+	// ExpiryWarning is non-empty when the tenant's expires_at and
+	// expires_in did not agree (one garbled, not in the future, or the two
+	// apart by more than two minutes): it says which was used. The token
+	// is still good; a caller logs this once, not per token.
+	ExpiryWarning string
 }
 
 // String describes the token with AccessToken redacted.

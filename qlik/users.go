@@ -3,17 +3,21 @@ package qlik
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
-// User statuses the tenant reports.
+// User statuses the tenant reports: the reference's five.
 const (
-	UserActive   = "active"
-	UserDisabled = "disabled"
-	UserInvited  = "invited"
+	UserActive      = "active"
+	UserDisabled    = "disabled"
+	UserInvited     = "invited"
+	UserDeleted     = "deleted"
+	UserProvisioned = "provisioned"
 )
 
 // usersPageSize is the limit asked of /api/v1/users: a lookup fits one page.
@@ -60,7 +64,10 @@ func (a *Admin) FindUsers(ctx context.Context, filter string) ([]User, error) {
 	return users, nil
 }
 
-// FindUserByEmail returns the one user whose email is email. It fails with
+// FindUserByEmail returns the one active user whose email is email: an
+// email can also belong to deleted or disabled users, which the filter
+// leaves out (`email eq "..." and (status eq "active")`, the status term
+// grouped as the reference's grammar requires). It fails with
 // ErrUserNotFound when there is none and ErrAmbiguousUser when there are
 // several (Qlik does not require emails to be unique). The tenant compares
 // case-insensitively.
@@ -68,7 +75,7 @@ func (a *Admin) FindUserByEmail(ctx context.Context, email string) (User, error)
 	if email == "" {
 		return User{}, fmt.Errorf("%w: email is empty", ErrInvalidRequest)
 	}
-	return a.findOne(ctx, "email eq "+QuoteFilterValue(email))
+	return a.findOne(ctx, "email eq "+QuoteFilterValue(email)+` and (status eq "`+UserActive+`")`)
 }
 
 // FindUserBySubject returns the one user whose IdP subject is subject, failing
@@ -112,21 +119,50 @@ func (a *Admin) CreateUser(ctx context.Context, u UserCreate) (User, error) {
 	return parseUser(endpointUsers, body)
 }
 
-// Me returns the user the source's token acts for (GET /api/v1/users/me):
-// for an impersonation token, the impersonated user; for client credentials,
-// the client's bot user.
+// Me returns the user the source's token acts for: for an impersonation
+// token, the impersonated user; for client credentials, the client's bot
+// user. GET /api/v1/users/me is documented as a 301 to the user's own
+// /api/v1/users/{id}; Me follows one such redirect when it stays on the
+// tenant under /api/v1/users/, and also takes a 200 with the user.
 func (a *Admin) Me(ctx context.Context) (User, error) {
 	bearer, err := a.bearer(ctx)
 	if err != nil {
 		return User{}, err
 	}
+	var loc string
 	_, body, err := a.c.send(ctx, request{
-		endpoint: endpointUsersMe, method: http.MethodGet, url: a.c.base + "/api/v1/users/me", bearer: bearer,
+		endpoint: endpointUsersMe, method: http.MethodGet, url: a.c.base + "/api/v1/users/me", bearer: bearer, location: &loc,
 	})
+	var qe *Error
+	if errors.As(err, &qe) && qe.StatusCode >= 300 && qe.StatusCode <= 399 && loc != "" {
+		target, reason := a.c.userURL(loc)
+		if reason != "" {
+			return User{}, malformed(endpointUsersMe, reason)
+		}
+		_, body, err = a.c.send(ctx, request{endpoint: endpointUsersMe, method: http.MethodGet, url: target, bearer: bearer})
+	}
 	if err != nil {
 		return User{}, err
 	}
 	return parseUser(endpointUsersMe, body)
+}
+
+// userURL resolves the Location of /api/v1/users/me against it and returns
+// it, or a reason to refuse it: it must stay on the tenant and name one
+// user under /api/v1/users/, or the bearer would go elsewhere.
+func (c *Client) userURL(loc string) (string, string) {
+	const prefix = "/api/v1/users/"
+	base, _ := url.Parse(c.base + prefix + "me") // New validated the base
+	u, err := base.Parse(loc)
+	switch {
+	case err != nil:
+		return "", "users/me redirect is not a valid URL"
+	case !strings.EqualFold(u.Scheme, base.Scheme) || !strings.EqualFold(u.Host, base.Host) || u.User != nil:
+		return "", "users/me redirects to another host"
+	case !strings.HasPrefix(u.Path, prefix) || strings.Contains(u.Path[len(prefix):], "/") || u.Path == prefix || u.Path == prefix+"me":
+		return "", "users/me redirects outside /api/v1/users/{id}"
+	}
+	return c.base + u.EscapedPath(), ""
 }
 
 func parseUser(endpoint string, body []byte) (User, error) {

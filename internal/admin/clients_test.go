@@ -285,10 +285,10 @@ func TestClientsErrors(t *testing.T) {
 		args []string
 		want []string // in the error
 	}{
-		{"401 bad admin secret", map[string]string{"QTB_ADMIN_CLIENT_SECRET_FILE": badSecret},
-			[]string{"clients", "list"}, []string{"401", "invalid_client", "Invalid client credentials", "refused the admin client"}},
-		{"401 bad admin secret (flags)", nil,
-			[]string{"clients", "list", "--admin-client-id", a.admin.ID, "--admin-client-secret-file", badSecret}, []string{"401", "invalid_client"}},
+		{"400 bad admin secret", map[string]string{"QTB_ADMIN_CLIENT_SECRET_FILE": badSecret},
+			[]string{"clients", "list"}, []string{"400", "OAUTH-14", "Invalid client_id", "refused the admin client", "traceId="}},
+		{"400 bad admin secret (flags)", nil,
+			[]string{"clients", "list", "--admin-client-id", a.admin.ID, "--admin-client-secret-file", badSecret}, []string{"400", "OAUTH-14"}},
 		{"401 bad token", map[string]string{"QTB_ADMIN_CLIENT_ID": "", "QTB_ADMIN_CLIENT_SECRET_FILE": "", "QTB_ADMIN_TOKEN": "garbage"},
 			[]string{"clients", "list"}, []string{"401", "HTTP-401", "invalid, expired or revoked"}},
 		{"403 token without admin_classic", nil,
@@ -296,7 +296,7 @@ func TestClientsErrors(t *testing.T) {
 		{"403 token without admin_classic (env)", map[string]string{"QTB_ADMIN_CLIENT_ID": "", "QTB_ADMIN_CLIENT_SECRET_FILE": "", "QTB_ADMIN_TOKEN_FILE": weakToken},
 			[]string{"clients", "get", c.ID}, []string{"403", "HTTP-403"}},
 		{"admin client without admin_classic", map[string]string{"QTB_ADMIN_CLIENT_ID": noAdmin.ID, "QTB_ADMIN_CLIENT_SECRET_FILE": noAdminSecret},
-			[]string{"clients", "list"}, []string{"400", "invalid_scope", "not allowed scope admin_classic"}},
+			[]string{"clients", "list"}, []string{"400", "OAUTH-3", "allowed scope admin_classic"}},
 		{"404 get", nil, []string{"clients", "get", "no-such-client"}, []string{"404", "HTTP-404", "No OAuth client with this id"}},
 		{"404 update", nil, []string{"clients", "update", "no-such-client", "--op", "replace", "--path", "/clientName", "--value", "x"}, []string{"HTTP-404"}},
 		{"404 delete", nil, []string{"clients", "delete", "no-such-client"}, []string{"HTTP-404"}},

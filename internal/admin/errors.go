@@ -45,12 +45,10 @@ func explain(err error) error {
 func refusalHint(e *qlik.Error) string {
 	token := e.Endpoint == "token"
 	switch {
-	case token && e.StatusCode == 401:
-		return "the tenant refused the admin client's id or secret"
-	case token && e.Code == "invalid_scope":
-		return "the admin client is not allowed scope " + adminScope + ": add it to the client's allowedScopes"
-	case token && e.Code == "unauthorized_client":
-		return "the admin client may not use the client_credentials grant"
+	case token && (e.StatusCode == 400 || e.StatusCode == 401):
+		// Qlik's codes are opaque and a wrong secret can be a 400: the
+		// status says only that the request was refused.
+		return "the tenant refused the admin client: check its id and secret, that it may use the client_credentials grant, and that it is allowed scope " + adminScope + " (its allowedScopes)"
 	case e.StatusCode == 401:
 		return "the admin token is invalid, expired or revoked"
 	case e.StatusCode == 403:

@@ -500,7 +500,9 @@ func (p *provisioner) verify(ctx context.Context, c qlik.OAuthClient, sec string
 	tok, err := p.api.qlik.ClientCredentialsToken(ctx, creds, "")
 	var qe *qlik.Error
 	switch {
-	case errors.As(err, &qe) && qe.StatusCode == 401:
+	case errors.As(err, &qe) && (qe.StatusCode == 400 || qe.StatusCode == 401):
+		// The client exists and may use the grant: a refusal is the
+		// secret's (a real tenant answers a wrong one with a 400).
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("checking the stored secret of client %s: %w", c.ClientID, explain(err))

@@ -17,6 +17,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
@@ -38,6 +39,10 @@ type Config struct {
 	AdminClientSecret     Secret
 	AdminClientSecretFile string
 	CreateUsers           bool
+	// AdminScope and JITSubjectPrefix tune every tenant's users directory
+	// (a tenants-file entry may override them).
+	AdminScope       string
+	JITSubjectPrefix string
 	// Tenants are the tenants file's entries, with their secrets.
 	Tenants                     []Tenant
 	UpstreamTimeout             time.Duration
@@ -119,6 +124,8 @@ func Default() Config {
 		Listen:                  ":8080",
 		MetricsListen:           ":9090",
 		Scope:                   "user_default",
+		AdminScope:              broker.DefaultAdminScope,
+		JITSubjectPrefix:        broker.DefaultJITSubjectPrefix,
 		UpstreamTimeout:         10 * time.Second,
 		UpstreamConcurrency:     8,
 		UpstreamSharedBurst:     5,

@@ -77,6 +77,8 @@ func (c *Config) settings() []setting {
 		{"QTB_ADMIN_CLIENT_SECRET", "its secret (prefer the _FILE form)", (*secretValue)(&c.AdminClientSecret)},
 		{"QTB_ADMIN_CLIENT_SECRET_FILE", "file holding the admin client secret", (*stringValue)(&c.AdminClientSecretFile)},
 		{"QTB_CREATE_USERS", "with QTB_USER_LOOKUP=email, create unknown users just in time", (*boolValue)(&c.CreateUsers)},
+		{"QTB_ADMIN_SCOPE", "scope of the admin client's token for the users API: admin_classic or admin.users", (*stringValue)(&c.AdminScope)},
+		{"QTB_JIT_SUBJECT_PREFIX", "subject of a user created just in time: this prefix + the email; keep it apart from every IdP's subjects", (*stringValue)(&c.JITSubjectPrefix)},
 		{"QTB_UPSTREAM_TIMEOUT", "timeout of one call to the tenant", (*durationValue)(&c.UpstreamTimeout)},
 		{"QTB_UPSTREAM_CONCURRENCY", "most token calls in flight to the tenant from this replica; more wait", (*intValue)(&c.UpstreamConcurrency)},
 		{"QTB_UPSTREAM_RATE", "token calls per minute this replica may make to the tenant (0: unlimited); Qlik allows about 100 per tenant", (*floatValue)(&c.UpstreamRatePerMinute)},

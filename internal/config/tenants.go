@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -26,6 +27,8 @@ import (
 //	    adminClientId: 4567ef               # email lookups only
 //	    adminClientSecretFile: /etc/.../admin-secret
 //	    createUsers: false                  # create unknown emails just in time
+//	    adminScope: admin.users             # default QTB_ADMIN_SCOPE
+//	    jitSubjectPrefix: "qtb-jit|"        # default QTB_JIT_SUBJECT_PREFIX
 //	    proxyPaths: [/api/v1/]              # what /v1/qlik/* may reach
 type TenantsFile struct {
 	Tenants []TenantEntry `json:"tenants"`
@@ -44,6 +47,8 @@ type TenantEntry struct {
 	AdminClientID         string   `json:"adminClientId,omitempty"`
 	AdminClientSecretFile string   `json:"adminClientSecretFile,omitempty"`
 	CreateUsers           bool     `json:"createUsers,omitempty"`
+	AdminScope            string   `json:"adminScope,omitempty"`
+	JITSubjectPrefix      string   `json:"jitSubjectPrefix,omitempty"`
 	ProxyPaths            []string `json:"proxyPaths,omitempty"`
 }
 
@@ -159,6 +164,7 @@ func (t Tenant) check() error {
 	case t.AdminClientID == "" && (t.UserLookup == "email" || t.CreateUsers):
 		errs = append(errs, errors.New("email lookups need adminClientId and adminClientSecretFile"))
 	}
+	errs = append(errs, t.checkDirectory()...)
 	return errors.Join(append(errs, t.readErrs...)...)
 }
 
@@ -170,7 +176,7 @@ func (c Config) BrokerTenants(hc *http.Client) ([]broker.Tenant, error) {
 		t, err := c.singleTenant(hc)
 		return []broker.Tenant{t}, err
 	}
-	return brokerTenants(c.Tenants, c.Scope, hc)
+	return brokerTenants(c.Tenants, c, hc)
 }
 
 // ReloadTenants reads a new version of the tenants file as Load does, checks
@@ -183,14 +189,14 @@ func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, err
 	if err != nil {
 		return nil, err
 	}
-	return brokerTenants(tenants, c.Scope, hc)
+	return brokerTenants(tenants, c, hc)
 }
 
-func brokerTenants(tenants []Tenant, scope string, hc *http.Client) ([]broker.Tenant, error) {
+func brokerTenants(tenants []Tenant, defaults Config, hc *http.Client) ([]broker.Tenant, error) {
 	out := make([]broker.Tenant, 0, len(tenants))
 	var errs []error
 	for _, t := range tenants {
-		bt, err := t.tenant(scope, hc)
+		bt, err := t.tenant(defaults, hc)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("tenant %s: %w", t.ID, err))
 			continue
@@ -200,7 +206,7 @@ func brokerTenants(tenants []Tenant, scope string, hc *http.Client) ([]broker.Te
 	return out, errors.Join(errs...)
 }
 
-func (t Tenant) tenant(defaultScope string, hc *http.Client) (broker.Tenant, error) {
+func (t Tenant) tenant(defaults Config, hc *http.Client) (broker.Tenant, error) {
 	client, err := qlik.New(t.URL, qlik.Options{HTTPClient: hc})
 	if err != nil {
 		return broker.Tenant{}, err
@@ -208,11 +214,12 @@ func (t Tenant) tenant(defaultScope string, hc *http.Client) (broker.Tenant, err
 	var dir broker.Directory
 	if t.AdminClientID != "" {
 		dir = &broker.QlikDirectory{Client: client, CreateUsers: t.CreateUsers,
-			Admin: qlik.Credentials{ClientID: t.AdminClientID, ClientSecret: string(t.AdminClientSecret)}}
+			Admin:      qlik.Credentials{ClientID: t.AdminClientID, ClientSecret: string(t.AdminClientSecret)},
+			AdminScope: cmp.Or(t.AdminScope, defaults.AdminScope), SubjectPrefix: cmp.Or(t.JITSubjectPrefix, defaults.JITSubjectPrefix)}
 	}
 	scope := t.Scope
 	if scope == "" {
-		scope = defaultScope
+		scope = defaults.Scope
 	}
 	return broker.Tenant{
 		ID:             t.ID,
@@ -245,7 +252,8 @@ func (c Config) singleTenant(hc *http.Client) (broker.Tenant, error) {
 	}
 	if c.AdminClientID != "" {
 		t.Directory = &broker.QlikDirectory{Client: client, CreateUsers: c.CreateUsers,
-			Admin: qlik.Credentials{ClientID: c.AdminClientID, ClientSecret: string(c.AdminClientSecret)}}
+			Admin:      qlik.Credentials{ClientID: c.AdminClientID, ClientSecret: string(c.AdminClientSecret)},
+			AdminScope: c.AdminScope, SubjectPrefix: c.JITSubjectPrefix}
 	}
 	return t, nil
 }

@@ -55,6 +55,7 @@ func (c Config) Validate() error {
 			add("QTB_ADMIN_CLIENT_ID", "QTB_USER_LOOKUP=email needs an admin client (QTB_ADMIN_CLIENT_ID and its secret) to look users up")
 		}
 	}
+	c.checkDirectory(add)
 	if c.UpstreamTimeout <= 0 {
 		add("QTB_UPSTREAM_TIMEOUT", "must be positive")
 	}

@@ -23,7 +23,7 @@ func adminError(status int, detail string) *apiError {
 	if title == "" {
 		title = "Error"
 	}
-	return &apiError{status, "HTTP-" + strconv.Itoa(status), title + ".", detail}
+	return &apiError{status: status, code: "HTTP-" + strconv.Itoa(status), title: title + ".", detail: detail}
 }
 
 // bearerToken returns the token of an "Authorization: Bearer" header.

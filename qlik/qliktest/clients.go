@@ -41,7 +41,7 @@ type OAuthClient struct {
 	// ConsentMethod is "trusted" or "required". AddClient defaults it to
 	// "trusted"; clients created through POST /api/v1/oauth-clients start
 	// "required" unless the body's connectionConfig asks otherwise. The
-	// impersonation grant requires "trusted" (400 consent_required), so
+	// impersonation grant requires "trusted" (a 400 otherwise), so
 	// provisioning that forgets to switch it fails here as it would for real
 	// users.
 	ConsentMethod      string

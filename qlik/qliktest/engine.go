@@ -30,7 +30,7 @@ type EngineReply struct {
 // checked again while the socket is open. A binary message closes the socket
 // with 1003; Close drops open sockets without a close frame.
 func (t *Tenant) handleEngine(w http.ResponseWriter, r *http.Request) {
-	u, ok := t.bearerUser(w, r)
+	u, ok := t.bearerUser(w, r, false)
 	if !ok {
 		return
 	}

@@ -15,7 +15,7 @@ const (
 	EndpointRevoke  Endpoint = "revoke"   // POST /oauth/revoke
 	EndpointUsersMe Endpoint = "users_me" // GET /api/v1/users/me
 
-	EndpointUsers            Endpoint = "users"             // GET, POST /api/v1/users
+	EndpointUsers            Endpoint = "users"             // GET, POST /api/v1/users; GET /api/v1/users/{id}
 	EndpointOAuthClients     Endpoint = "oauth_clients"     // GET, POST /api/v1/oauth-clients; GET, PATCH, DELETE /api/v1/oauth-clients/{id}
 	EndpointClientSecrets    Endpoint = "client_secrets"    // POST .../{id}/client-secrets, DELETE .../{id}/client-secrets/{hint}
 	EndpointConnectionConfig Endpoint = "connection_config" // GET, PATCH .../{id}/connection-configs/me
@@ -89,12 +89,12 @@ func (t *Tenant) serveFault(w http.ResponseWriter, r *http.Request, f Fault) {
 		if secs, err := strconv.Atoi(f.RetryAfter); err == nil {
 			detail = fmt.Sprintf("You need to wait %d seconds until limit is lifted.", secs)
 		}
-		writeError(w, status, "HTTP-429", "API rate limit reached.", detail)
+		writeErrorBody(w, status, "HTTP-429", "API rate limit reached.", detail, usersPath(r.URL.Path))
 	default:
 		title := http.StatusText(status)
 		if title == "" {
 			title = "Error"
 		}
-		writeError(w, status, "HTTP-"+strconv.Itoa(status), title+".", "Injected fault.")
+		writeErrorBody(w, status, "HTTP-"+strconv.Itoa(status), title+".", "Injected fault.", usersPath(r.URL.Path))
 	}
 }

@@ -52,7 +52,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 			TokenTypeHint string          `json:"token_type_hint"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
-			return req, badRequest("invalid_request", "The request body is not a valid JSON object.")
+			return req, badRequest("The request body is not a valid JSON object.")
 		}
 		req = oauthRequest{
 			GrantType: body.GrantType, ClientID: body.ClientID, ClientSecret: body.ClientSecret,
@@ -61,7 +61,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 		req.Lookup, req.LookupInvalid = decodeLookup(body.UserLookup)
 	case "application/x-www-form-urlencoded":
 		if err := r.ParseForm(); err != nil {
-			return req, badRequest("invalid_request", "The request body is not a valid form.")
+			return req, badRequest("The request body is not a valid form.")
 		}
 		f := r.PostForm
 		req = oauthRequest{
@@ -75,7 +75,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 			req.Lookup = &userLookup{Field: f.Get("user_lookup[field]"), Value: f.Get("user_lookup[value]")}
 		}
 	default:
-		return req, badRequest("invalid_request", "Content-Type must be application/json or application/x-www-form-urlencoded.")
+		return req, badRequest("Content-Type must be application/json or application/x-www-form-urlencoded.")
 	}
 	return req, nil
 }
@@ -96,30 +96,16 @@ func decodeLookup(raw json.RawMessage) (l *userLookup, invalid bool) {
 	return &v, false
 }
 
-// apiError is a refusal in the contract's errors shape.
-type apiError struct {
-	status              int
-	code, title, detail string
-}
-
-func (e *apiError) write(w http.ResponseWriter) { writeError(w, e.status, e.code, e.title, e.detail) }
-
-func badRequest(code, detail string) *apiError {
-	return &apiError{http.StatusBadRequest, code, "Bad request.", detail}
-}
-
-var errInvalidClient = &apiError{http.StatusUnauthorized, "invalid_client", "Unauthorized.", "Invalid client credentials."}
-
 // handleToken answers POST /oauth/token.
 //
-// Checks run in this order: body encoding (400), client authentication (401),
-// grant_type known (400 unsupported_grant_type), grant allowed for the client
-// (400 unauthorized_client, the contract lists bad grants under 400),
-// user_lookup shape (400), user exists (401 invalid_grant: the contract's
-// UNCONFIRMED likely reading), user active (403 access_denied), client
-// consent method trusted (400 consent_required: a client misconfiguration, so
-// not a 403 that would blame the user), scope within the client's allow-list
-// (400 invalid_scope).
+// Checks run in this order (codes in dialect.go): body encoding (400),
+// client authentication (400 OAUTH-14, or 401 with
+// WithClientAuthFailureStatus), grant_type known (400), grant allowed for
+// the client (400: the contract lists bad grants under 400), user_lookup
+// shape (400), user exists (401: the contract's UNCONFIRMED likely reading),
+// user active (403), client consent method trusted (400: a client
+// misconfiguration, so not a 403 that would blame the user), scope within
+// the client's allow-list (400).
 func (t *Tenant) handleToken(w http.ResponseWriter, r *http.Request) {
 	req, apiErr := readOAuthRequest(r)
 	if apiErr != nil {
@@ -166,45 +152,45 @@ func (t *Tenant) authorizeToken(req oauthRequest, now time.Time) (accessClaims, 
 
 	client, ok := t.authenticateLocked(req.ClientID, req.ClientSecret)
 	if !ok {
-		return accessClaims{}, errInvalidClient
+		return accessClaims{}, t.invalidClient()
 	}
 	switch req.GrantType {
 	case grantClientCredentials, grantImpersonation:
 	case "":
-		return accessClaims{}, badRequest("invalid_request", "grant_type is required.")
+		return accessClaims{}, badRequest("grant_type is required.")
 	default:
-		return accessClaims{}, badRequest("unsupported_grant_type", "The grant type is not supported.")
+		return accessClaims{}, oauthError(http.StatusBadRequest, codeUnsupportedGrant, "Unsupported grant type.", "The grant type is not supported.")
 	}
 	if !slices.Contains(client.AllowedGrants, req.GrantType) {
-		return accessClaims{}, badRequest("unauthorized_client", "The client is not allowed to use this grant type.")
+		return accessClaims{}, oauthError(http.StatusBadRequest, codeGrantNotAllowed, "Grant type not allowed.", "The client is not allowed to use this grant type.")
 	}
 
 	var user *User
 	if req.GrantType == grantImpersonation {
 		switch {
 		case req.LookupInvalid || req.Lookup == nil:
-			return accessClaims{}, badRequest("invalid_request", "user_lookup {field, value} is required.")
+			return accessClaims{}, badRequest("user_lookup {field, value} is required.")
 		case req.Lookup.Field != lookupUserID && req.Lookup.Field != lookupSubject:
-			return accessClaims{}, badRequest("invalid_request", "user_lookup.field must be userId or subject.")
+			return accessClaims{}, badRequest("user_lookup.field must be userId or subject.")
 		case req.Lookup.Value == "":
-			return accessClaims{}, badRequest("invalid_request", "user_lookup.value is required.")
+			return accessClaims{}, badRequest("user_lookup.value is required.")
 		}
 		if user, ok = t.lookupUserLocked(req.Lookup.Field, req.Lookup.Value); !ok {
-			return accessClaims{}, &apiError{http.StatusUnauthorized, "invalid_grant", "Unauthorized.", "The user does not exist."}
+			return accessClaims{}, oauthError(http.StatusUnauthorized, codeUnknownUser, "Unauthorized.", "The user does not exist.")
 		}
 		t.userCalls[user.ID]++
 		if user.Status != StatusActive {
-			return accessClaims{}, &apiError{http.StatusForbidden, "access_denied", "Forbidden.", "The user is not active."}
+			return accessClaims{}, oauthError(http.StatusForbidden, codeUserNotActive, "Forbidden.", "The user is not active.")
 		}
 		if client.ConsentMethod != consentTrusted {
-			return accessClaims{}, badRequest("consent_required",
+			return accessClaims{}, oauthError(http.StatusBadRequest, codeConsent, "Consent required.",
 				"The client's consent method is not trusted; impersonation needs PATCH /api/v1/oauth-clients/{id}/connection-configs/me.")
 		}
 	}
 
 	scope, ok := grantScope(client.AllowedScopes, req.Scope)
 	if !ok {
-		return accessClaims{}, badRequest("invalid_scope", "A requested scope is not allowed for this client.")
+		return accessClaims{}, oauthError(http.StatusBadRequest, codeScope, "Invalid scope.", "A requested scope is not allowed for this client.")
 	}
 	if user == nil {
 		user = t.botUserLocked(client.ID)
@@ -232,7 +218,7 @@ func grantScope(allowed []string, requested string) (string, bool) {
 }
 
 // handleRevoke answers POST /oauth/revoke. Client credentials are optional
-// but must be valid when given (401). A missing token is 400; an unknown or
+// but must be valid when given (as /oauth/token refuses them). A missing token is 400; an unknown or
 // garbage token is revoked successfully, as RFC 7009 has it.
 func (t *Tenant) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	req, apiErr := readOAuthRequest(r)
@@ -245,12 +231,12 @@ func (t *Tenant) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		_, ok := t.authenticateLocked(req.ClientID, req.ClientSecret)
 		t.mu.Unlock()
 		if !ok {
-			errInvalidClient.write(w)
+			t.invalidClient().write(w)
 			return
 		}
 	}
 	if req.Token == "" {
-		badRequest("invalid_request", "token is required.").write(w)
+		badRequest("token is required.").write(w)
 		return
 	}
 	t.RevokeToken(req.Token)

@@ -142,28 +142,28 @@ func TestTokenErrors(t *testing.T) {
 		status      int
 		code        string
 	}{
-		{name: "text/plain", contentType: "text/plain", body: "client_id=broker", status: 400, code: "invalid_request"},
-		{name: "no content type", body: `{}`, status: 400, code: "invalid_request"},
-		{name: "bad JSON", contentType: "application/json", body: `{"client_id":`, status: 400, code: "invalid_request"},
-		{name: "JSON array", contentType: "application/json", body: `[]`, status: 400, code: "invalid_request"},
-		{name: "oversized body", contentType: "application/json", body: `{"scope":"` + strings.Repeat("x", 65<<10) + `"}`, status: 400, code: "invalid_request"},
-		{name: "wrong secret", json: h.impersonate(map[string]any{"client_secret": "nope"}), status: 401, code: "invalid_client"},
-		{name: "unknown client", json: h.impersonate(map[string]any{"client_id": "nobody"}), status: 401, code: "invalid_client"},
-		{name: "missing secret", json: h.impersonate(map[string]any{"client_secret": nil}), status: 401, code: "invalid_client"},
-		{name: "missing grant", json: h.impersonate(map[string]any{"grant_type": nil}), status: 400, code: "invalid_request"},
-		{name: "refresh_token grant", json: h.impersonate(map[string]any{"grant_type": "refresh_token"}), status: 400, code: "unsupported_grant_type"},
+		{name: "text/plain", contentType: "text/plain", body: "client_id=broker", status: 400, code: "OAUTH-1"},
+		{name: "no content type", body: `{}`, status: 400, code: "OAUTH-1"},
+		{name: "bad JSON", contentType: "application/json", body: `{"client_id":`, status: 400, code: "OAUTH-1"},
+		{name: "JSON array", contentType: "application/json", body: `[]`, status: 400, code: "OAUTH-1"},
+		{name: "oversized body", contentType: "application/json", body: `{"scope":"` + strings.Repeat("x", 65<<10) + `"}`, status: 400, code: "OAUTH-1"},
+		{name: "wrong secret", json: h.impersonate(map[string]any{"client_secret": "nope"}), status: 400, code: "OAUTH-14"},
+		{name: "unknown client", json: h.impersonate(map[string]any{"client_id": "nobody"}), status: 400, code: "OAUTH-14"},
+		{name: "missing secret", json: h.impersonate(map[string]any{"client_secret": nil}), status: 400, code: "OAUTH-14"},
+		{name: "missing grant", json: h.impersonate(map[string]any{"grant_type": nil}), status: 400, code: "OAUTH-1"},
+		{name: "refresh_token grant", json: h.impersonate(map[string]any{"grant_type": "refresh_token"}), status: 400, code: "OAUTH-2"},
 		{name: "grant not allowed", json: map[string]any{
 			"client_id": ccOnly.ID, "client_secret": ccOnly.Secret, "grant_type": impersonation,
-			"user_lookup": map[string]string{"field": "userId", "value": h.user.ID}}, status: 400, code: "unauthorized_client"},
-		{name: "missing user_lookup", json: h.impersonate(map[string]any{"user_lookup": nil}), status: 400, code: "invalid_request"},
-		{name: "user_lookup not an object", json: h.impersonate(map[string]any{"user_lookup": 42}), status: 400, code: "invalid_request"},
-		{name: "lookup by email", json: lookup("email", "ada@example.com"), status: 400, code: "invalid_request"},
-		{name: "lookup field case", json: lookup("userid", h.user.ID), status: 400, code: "invalid_request"},
-		{name: "empty lookup value", json: lookup("userId", ""), status: 400, code: "invalid_request"},
-		{name: "unknown user id", json: lookup("userId", "000000000000000000000000"), status: 401, code: "invalid_grant"},
-		{name: "unknown subject", json: lookup("subject", "auth0|nobody"), status: 401, code: "invalid_grant"},
-		{name: "disabled user", json: lookup("userId", disabled.ID), status: 403, code: "access_denied"},
-		{name: "scope not allowed", json: h.impersonate(map[string]any{"scope": "user_default admin_classic"}), status: 400, code: "invalid_scope"},
+			"user_lookup": map[string]string{"field": "userId", "value": h.user.ID}}, status: 400, code: "OAUTH-4"},
+		{name: "missing user_lookup", json: h.impersonate(map[string]any{"user_lookup": nil}), status: 400, code: "OAUTH-1"},
+		{name: "user_lookup not an object", json: h.impersonate(map[string]any{"user_lookup": 42}), status: 400, code: "OAUTH-1"},
+		{name: "lookup by email", json: lookup("email", "ada@example.com"), status: 400, code: "OAUTH-1"},
+		{name: "lookup field case", json: lookup("userid", h.user.ID), status: 400, code: "OAUTH-1"},
+		{name: "empty lookup value", json: lookup("userId", ""), status: 400, code: "OAUTH-1"},
+		{name: "unknown user id", json: lookup("userId", "000000000000000000000000"), status: 401, code: "OAUTH-11"},
+		{name: "unknown subject", json: lookup("subject", "auth0|nobody"), status: 401, code: "OAUTH-11"},
+		{name: "disabled user", json: lookup("userId", disabled.ID), status: 403, code: "OAUTH-12"},
+		{name: "scope not allowed", json: h.impersonate(map[string]any{"scope": "user_default admin_classic"}), status: 400, code: "OAUTH-3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,7 +204,7 @@ func TestSetClientSecret(t *testing.T) {
 	h := newHarness(t)
 	old := h.impersonate(nil)
 	h.tn.SetClientSecret(h.client.ID, "rotated")
-	wantError(t, h.postJSON("/oauth/token", old), 401, "invalid_client")
+	wantError(t, h.postJSON("/oauth/token", old), 400, "OAUTH-14")
 	h.token(h.postJSON("/oauth/token", h.impersonate(map[string]any{"client_secret": "rotated"})))
 	h.tn.SetClientSecret("nobody", "x") // ignored, no panic
 }
@@ -263,8 +263,8 @@ func TestRevokeErrors(t *testing.T) {
 		{"garbage token", "application/json", `{"token":"not-a-jwt"}`, 200},
 		{"expired-looking token", "application/x-www-form-urlencoded", "token=eyJhbGciOiJub25lIn0.e30.", 200},
 		{"missing token", "application/json", `{"token_type_hint":"access_token"}`, 400},
-		{"wrong client secret", "application/json", `{"token":"x","client_id":"broker","client_secret":"nope"}`, 401},
-		{"client id without secret", "application/json", `{"token":"x","client_id":"broker"}`, 401},
+		{"wrong client secret", "application/json", `{"token":"x","client_id":"broker","client_secret":"nope"}`, 400},
+		{"client id without secret", "application/json", `{"token":"x","client_id":"broker"}`, 400},
 		{"bad content type", "text/plain", "token=x", 400},
 		{"bad JSON", "application/json", `{`, 400},
 	}
@@ -401,8 +401,8 @@ func TestCounters(t *testing.T) {
 	bySubject := h.impersonate(map[string]any{"user_lookup": map[string]string{"field": "subject", "value": "auth0|ada"}})
 	h.issue()
 	h.token(h.postJSON("/oauth/token", bySubject))
-	wantError(t, h.postJSON("/oauth/token", h.impersonate(map[string]any{"scope": "nope"})), 400, "invalid_scope")
-	wantError(t, h.postJSON("/oauth/token", h.impersonate(map[string]any{"client_secret": "x"})), 401, "")
+	wantError(t, h.postJSON("/oauth/token", h.impersonate(map[string]any{"scope": "nope"})), 400, "OAUTH-3")
+	wantError(t, h.postJSON("/oauth/token", h.impersonate(map[string]any{"client_secret": "x"})), 400, "OAUTH-14")
 	h.postJSON("/oauth/revoke", map[string]string{"token": "x"})
 	h.usersMe("x")
 

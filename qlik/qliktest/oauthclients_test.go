@@ -96,7 +96,7 @@ func TestCreateClient(t *testing.T) {
 	// only once consent is trusted.
 	h.token(h.postJSON("/oauth/token", map[string]string{
 		"client_id": c.ClientID, "client_secret": secret, "grant_type": "client_credentials"}))
-	wantError(t, h.impersonateWith(c.ClientID, secret), 400, "consent_required")
+	wantError(t, h.impersonateWith(c.ClientID, secret), 400, "OAUTH-5")
 	if r := h.api(http.MethodPatch, "/api/v1/oauth-clients/"+c.ClientID+"/connection-configs/me", h.bearer,
 		`[{"op":"replace","path":"/consentMethod","value":"trusted"}]`, nil); r.status != 204 || len(r.body) != 0 {
 		t.Fatalf("consent patch: %d %s", r.status, r.body)
@@ -289,7 +289,7 @@ func TestPatchClient(t *testing.T) {
 	}
 	// The dropped grant is enforced at once.
 	h.tn.SetConsentMethod(c.ClientID, "trusted")
-	wantError(t, h.impersonateWith(c.ClientID, *c.ClientSecret), 400, "unauthorized_client")
+	wantError(t, h.impersonateWith(c.ClientID, *c.ClientSecret), 400, "OAUTH-4")
 
 	before := h.getClient(c.ClientID)
 	bad := []struct{ name, ops string }{
@@ -345,7 +345,7 @@ func TestPatchClientMakesSecret(t *testing.T) {
 		t.Fatalf("status %d", r.status)
 	}
 	wantError(t, h.postJSON("/oauth/token", map[string]string{
-		"client_id": c.ClientID, "client_secret": got.ClientSecret, "grant_type": "client_credentials"}), 401, "invalid_client")
+		"client_id": c.ClientID, "client_secret": got.ClientSecret, "grant_type": "client_credentials"}), 400, "OAUTH-14")
 }
 
 func TestDeleteClient(t *testing.T) {
@@ -364,7 +364,7 @@ func TestDeleteClient(t *testing.T) {
 	wantError(t, h.api(http.MethodGet, path, h.bearer, nil, nil), 404, "HTTP-404")
 	wantError(t, h.api(http.MethodDelete, path, h.bearer, nil, http.Header{"qlik-confirm-delete": {c.ClientID}}), 404, "HTTP-404")
 	wantError(t, h.postJSON("/oauth/token", map[string]string{
-		"client_id": c.ClientID, "client_secret": *c.ClientSecret, "grant_type": "client_credentials"}), 401, "invalid_client")
+		"client_id": c.ClientID, "client_secret": *c.ClientSecret, "grant_type": "client_credentials"}), 400, "OAUTH-14")
 }
 
 func TestClientSecrets(t *testing.T) {
@@ -394,7 +394,7 @@ func TestClientSecrets(t *testing.T) {
 	if r := h.api(http.MethodDelete, base+"/"+made[2].Hint, h.bearer, nil, nil); r.status != 204 || len(r.body) != 0 {
 		t.Fatalf("delete: %d %s", r.status, r.body)
 	}
-	wantError(t, cc(made[2].ClientSecret), 401, "invalid_client")
+	wantError(t, cc(made[2].ClientSecret), 400, "OAUTH-14")
 	h.token(cc(made[1].ClientSecret))
 	wantError(t, h.api(http.MethodDelete, base+"/"+made[2].Hint, h.bearer, nil, nil), 404, "HTTP-404")
 	wantError(t, h.api(http.MethodDelete, base+"/nohint", h.bearer, nil, nil), 404, "HTTP-404")
@@ -440,7 +440,7 @@ func TestConsent(t *testing.T) {
 	// AddClient clients stay trusted by default, so existing setups impersonate.
 	h.token(h.postJSON("/oauth/token", h.impersonate(nil)))
 	h.tn.SetConsentMethod(h.client.ID, "required")
-	wantError(t, h.postJSON("/oauth/token", h.impersonate(nil)), 400, "consent_required")
+	wantError(t, h.postJSON("/oauth/token", h.impersonate(nil)), 400, "OAUTH-5")
 }
 
 func TestAdminCounters(t *testing.T) {

@@ -21,7 +21,10 @@ type (
 	andExpr     struct{ l, r filterExpr }
 	orExpr      struct{ l, r filterExpr }
 	notExpr     struct{ e filterExpr }
-	compareExpr struct{ attr, op, value string } // attr in canonical case, value lower-cased
+	compareExpr struct {
+		attr, op, value string // attr in canonical case, value lower-cased
+		grouped         bool   // inside parentheses
+	}
 )
 
 func (e andExpr) match(get func(string) string) bool { return e.l.match(get) && e.r.match(get) }
@@ -186,7 +189,7 @@ func (p *filterParser) compare() (filterExpr, error) {
 	p.i += 2
 	switch op {
 	case "pr":
-		return compareExpr{attr: attr, op: op}, nil
+		return compareExpr{attr: attr, op: op, grouped: p.depth > 0}, nil
 	case "eq", "ne", "co", "sw", "ew":
 	default:
 		return nil, fmt.Errorf("operator %q is not supported", op)
@@ -196,7 +199,7 @@ func (p *filterParser) compare() (filterExpr, error) {
 	}
 	v := p.toks[p.i].text
 	p.i++
-	return compareExpr{attr: attr, op: op, value: strings.ToLower(v)}, nil
+	return compareExpr{attr: attr, op: op, value: strings.ToLower(v), grouped: p.depth > 0}, nil
 }
 
 func (p *filterParser) attr(name string) (string, bool) {
@@ -206,4 +209,48 @@ func (p *filterParser) attr(name string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// usersFilter parses a filter of GET /api/v1/users in the reference's
+// grammar: eq on id, subject, email, name and status, co on name, email and
+// subject, combined with and, or and parentheses; a status term in a filter
+// with other terms must sit in parentheses, e.g.
+// `email eq "a@b" and (status eq "active" or status eq "invited")`. ne,
+// sw, ew, pr and not are refused.
+func usersFilter(s string) (filterExpr, error) {
+	e, err := parseFilter(s, "id", "subject", "email", "name", "status")
+	if err != nil || e == nil {
+		return e, err
+	}
+	var terms []compareExpr
+	var walk func(filterExpr) error
+	walk = func(e filterExpr) error {
+		switch e := e.(type) {
+		case andExpr:
+			return errors.Join(walk(e.l), walk(e.r))
+		case orExpr:
+			return errors.Join(walk(e.l), walk(e.r))
+		case notExpr:
+			return errors.New("not is not supported")
+		case compareExpr:
+			terms = append(terms, e)
+		}
+		return nil
+	}
+	if err := walk(e); err != nil {
+		return nil, err
+	}
+	for _, c := range terms {
+		switch {
+		case c.op == "co" && (c.attr == "name" || c.attr == "email" || c.attr == "subject"):
+		case c.op == "co":
+			return nil, fmt.Errorf("co is supported on name, email and subject only, not %s", c.attr)
+		case c.op != "eq":
+			return nil, fmt.Errorf("operator %q is not supported", c.op)
+		}
+		if c.attr == "status" && len(terms) > 1 && !c.grouped {
+			return nil, errors.New("status terms must be grouped in parentheses")
+		}
+	}
+	return e, nil
 }

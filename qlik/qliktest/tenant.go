@@ -1,6 +1,6 @@
 // Package qliktest is an in-process fake Qlik Cloud tenant that follows
 // shared/qlik-api.md: /oauth/token, /oauth/revoke, the users API
-// (/api/v1/users, /api/v1/users/me) and the OAuth clients API
+// (/api/v1/users, /api/v1/users/{id}, /api/v1/users/me) and the OAuth clients API
 // (/api/v1/oauth-clients and its client-secrets and connection-configs/me)
 // over real HTTP, with real ES384 JWT access tokens, an injectable clock,
 // latency, a per-tenant Tier-2 rate limit, a FIFO queue of injected faults per
@@ -16,24 +16,30 @@
 //
 // Every method is safe for concurrent use; nothing panics on bad input.
 //
+// Errors are answered in Qlik's dialect (dialect.go): an errors array with
+// service-prefixed codes, status typed as each API types it, and a traceId.
 // Where the contract is UNCONFIRMED or leaves a choice, the tenant answers:
-// 401 invalid_grant for an impersonated user that does not exist, 400
-// unauthorized_client for a grant the client may not use, 400
-// consent_required for impersonation through a client whose consent method
-// is not trusted, 401 before 400 when client credentials are wrong, and 200
-// for revoking an unknown token (RFC 7009). Other readings can be scripted
-// with InjectFault.
+// 400 OAUTH-14 for a failed client authentication (401 with
+// WithClientAuthFailureStatus), 401 for an impersonated user that does not
+// exist, 400 for a grant the client may not use, 400 for impersonation
+// through a client whose consent method is not trusted, client
+// authentication before anything else, and 200 for revoking an unknown
+// token (RFC 7009). Other readings can be scripted with InjectFault.
 //
 // The admin APIs take a bearer token: 401 when it is missing, invalid,
 // expired or revoked, 403 unless its scope holds admin_classic (or, for
-// /api/v1/users, admin.users). Their errors use codes "HTTP-<status>". List
-// endpoints page with limit and opaque next/prev cursors and answer absolute
-// links (@qlik/api fetches links.next.href as is). Filters are SCIM (eq, ne,
-// co, sw, ew, pr, and, or, not, parentheses, JSON-string values) compared
-// case-insensitively, as Qlik documents for the users API. PATCH of a client
-// answers 202 with a new clientSecret exactly when it adds client_secret to
-// the allowedAuthMethods of a web client that lacked it, the trigger
-// @qlik/api's documentation names; otherwise 204.
+// /api/v1/users, admin.users). The OAuth clients API codes its errors
+// "HTTP-<status>". List endpoints page with limit and opaque next/prev
+// cursors and answer absolute links (@qlik/api fetches links.next.href as
+// is). The users filter is the reference's: SCIM eq (and co on name, email
+// and subject), and, or, parentheses, status terms grouped, compared
+// case-insensitively; the OAuth clients filter also takes ne, sw, ew, pr and
+// not. Users have the reference's five statuses. GET /api/v1/users/me
+// answers 301 to the user's own /api/v1/users/{id}, as documented. Browsers
+// from an OAuth client's allowedOrigins get CORS answers (cors.go). PATCH
+// of a client answers 202 with a new clientSecret exactly when it adds
+// client_secret to the allowedAuthMethods of a web client that lacked it,
+// the trigger @qlik/api's documentation names; otherwise 204.
 package qliktest
 
 import (
@@ -64,12 +70,15 @@ type Tenant struct {
 	lifetime  time.Duration
 	latency   time.Duration
 	rateLimit int
-	key       *ecdsa.PrivateKey
-	mux       *http.ServeMux
-	srv       *http.Server
-	url       string
-	done      chan struct{} // closed by Close: unblocks latency and hangs
-	served    chan struct{} // closed when Serve returns
+	// clientAuthStatus is the status of a failed client authentication
+	// (WithClientAuthFailureStatus); 0 means errInvalidClient's.
+	clientAuthStatus int
+	key              *ecdsa.PrivateKey
+	mux              *http.ServeMux
+	srv              *http.Server
+	url              string
+	done             chan struct{} // closed by Close: unblocks latency and hangs
+	served           chan struct{} // closed when Serve returns
 
 	mu         sync.Mutex
 	closed     bool
@@ -243,6 +252,7 @@ func (t *Tenant) routes() []route {
 		{http.MethodPost, "/oauth/token", EndpointToken, tier2, t.handleToken},
 		{http.MethodPost, "/oauth/revoke", EndpointRevoke, tier2, t.handleRevoke},
 		{http.MethodGet, "/api/v1/users/me", EndpointUsersMe, plain, t.handleUsersMe},
+		{http.MethodGet, "/api/v1/users/{id}", EndpointUsers, plain, t.handleGetUser},
 		{http.MethodGet, "/api/v1/users", EndpointUsers, plain, t.handleListUsers},
 		{http.MethodPost, "/api/v1/users", EndpointUsers, write, t.handleCreateUser},
 		{http.MethodGet, clients, EndpointOAuthClients, plain, t.handleListClients},
@@ -297,12 +307,12 @@ func (t *Tenant) newMux() *http.ServeMux {
 			}
 			sort.Strings(allowed)
 			w.Header().Set("Allow", strings.Join(allowed, ", "))
-			writeError(w, http.StatusMethodNotAllowed, "HTTP-405", "Method not allowed.",
-				fmt.Sprintf("%s is not allowed on %s.", r.Method, p))
+			writeErrorBody(w, http.StatusMethodNotAllowed, "HTTP-405", "Method not allowed.",
+				fmt.Sprintf("%s is not allowed on %s.", r.Method, p), usersPath(r.URL.Path))
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "HTTP-404", "Not found.", "No such endpoint.")
+		writeErrorBody(w, http.StatusNotFound, "HTTP-404", "Not found.", "No such endpoint.", usersPath(r.URL.Path))
 	})
 	return mux
 }
@@ -318,6 +328,9 @@ func (t *Tenant) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t.handlers.Add(1)
 	t.mu.Unlock()
 	defer t.handlers.Done()
+	if t.cors(w, r) {
+		return
+	}
 	t.mux.ServeHTTP(w, r)
 }
 
@@ -345,15 +358,15 @@ func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if readErr != nil {
-		badRequest("invalid_request", "The request body could not be read or is too large.").write(w)
+		badRequest("The request body could not be read or is too large.").write(w)
 		return
 	}
 	if rt.kind == tier2 {
 		if wait, ok := t.admit(); !ok {
 			secs := int((wait + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			writeError(w, http.StatusTooManyRequests, "HTTP-429", "API rate limit reached.",
-				fmt.Sprintf("You need to wait %d seconds until limit is lifted.", secs))
+			writeErrorBody(w, http.StatusTooManyRequests, "HTTP-429", "API rate limit reached.",
+				fmt.Sprintf("You need to wait %d seconds until limit is lifted.", secs), usersPath(r.URL.Path))
 			return
 		}
 	}
@@ -390,24 +403,6 @@ func abort(w http.ResponseWriter) {
 		panic(http.ErrAbortHandler)
 	}
 	_ = conn.Close()
-}
-
-// errorBody is the contract's error shape.
-type errorBody struct {
-	Errors []errorItem `json:"errors"`
-}
-
-type errorItem struct {
-	Code   string `json:"code"`
-	Title  string `json:"title"`
-	Detail string `json:"detail,omitempty"`
-	Status string `json:"status"`
-}
-
-func writeError(w http.ResponseWriter, status int, code, title, detail string) {
-	writeJSON(w, status, errorBody{Errors: []errorItem{{
-		Code: code, Title: title, Detail: detail, Status: strconv.Itoa(status),
-	}}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

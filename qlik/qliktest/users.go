@@ -5,15 +5,20 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 )
 
-// User statuses.
+// User statuses: the reference's five. Only active users can be
+// impersonated or have their tokens honoured.
 const (
-	StatusActive   = "active"
-	StatusDisabled = "disabled"
-	statusInvited  = "invited" // settable only through POST /api/v1/users
+	StatusActive      = "active"
+	StatusDisabled    = "disabled"
+	StatusInvited     = "invited"
+	StatusDeleted     = "deleted"
+	StatusProvisioned = "provisioned"
+	statusInvited     = StatusInvited
 )
 
 // User is a tenant user.
@@ -22,7 +27,7 @@ type User struct {
 	Subject string `json:"subject"`
 	Email   string `json:"email"`
 	Name    string `json:"name"`
-	Status  string `json:"status"` // StatusActive (the default), StatusDisabled, or "invited"
+	Status  string `json:"status"` // StatusActive (the default) or another of the five statuses
 }
 
 // AddUser stores u, generating its ID when empty and defaulting Status to
@@ -55,7 +60,7 @@ func (t *Tenant) putUserLocked(u User) {
 	}
 }
 
-// SetUserStatus sets the status of user id (StatusActive or StatusDisabled).
+// SetUserStatus sets the status of user id (one of the five statuses).
 // Unknown users are ignored.
 func (t *Tenant) SetUserStatus(id, status string) {
 	t.mu.Lock()
@@ -92,29 +97,56 @@ func (t *Tenant) botUserLocked(clientID string) *User {
 }
 
 // bearerUser returns the user the request's bearer token acts for, or
-// answers 401 with the errors body and returns false.
-func (t *Tenant) bearerUser(w http.ResponseWriter, r *http.Request) (User, bool) {
+// answers 401 with the errors body (status a number when numeric, as the
+// users API types it) and returns false.
+func (t *Tenant) bearerUser(w http.ResponseWriter, r *http.Request, numeric bool) (User, bool) {
 	token, ok := bearerToken(r)
 	if !ok {
-		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "A bearer token is required.")
+		writeErrorBody(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "A bearer token is required.", numeric)
 		return User{}, false
 	}
 	u, err := t.TokenUser(token)
 	if err != nil {
-		writeError(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "The access token is invalid, expired or revoked.")
+		writeErrorBody(w, http.StatusUnauthorized, "HTTP-401", "Unauthorized.", "The access token is invalid, expired or revoked.", numeric)
 		return User{}, false
 	}
 	return u, true
 }
 
-// handleUsersMe answers GET /api/v1/users/me with the user the bearer token
-// acts for. Any valid token will do: no admin scope is needed.
+// handleUsersMe answers GET /api/v1/users/me as documented: a 301 to the
+// user the bearer token acts for. Any valid token will do: no admin scope
+// is needed. The Location is the bare user id, a relative reference that
+// resolves to /api/v1/users/{id} against this path, and to the same place
+// behind a proxy that serves the API under a prefix (the reference gives no
+// target: this is the fake's choice).
 func (t *Tenant) handleUsersMe(w http.ResponseWriter, r *http.Request) {
-	u, ok := t.bearerUser(w, r)
+	u, ok := t.bearerUser(w, r, true)
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, u)
+	w.Header().Set("Location", url.PathEscape(u.ID))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusMovedPermanently)
+}
+
+// handleGetUser answers GET /api/v1/users/{id} to any valid bearer token:
+// the user, or 404.
+func (t *Tenant) handleGetUser(w http.ResponseWriter, r *http.Request) {
+	if _, ok := t.bearerUser(w, r, true); !ok {
+		return
+	}
+	t.mu.Lock()
+	u, ok := t.users[r.PathValue("id")]
+	var found User
+	if ok {
+		found = *u
+	}
+	t.mu.Unlock()
+	if !ok {
+		usersError(http.StatusNotFound, codeUsersNotFound, "No user with this id.").write(w)
+		return
+	}
+	writeJSON(w, http.StatusOK, found)
 }
 
 // Page sizes of GET /api/v1/users.
@@ -123,27 +155,28 @@ const (
 	usersMaxLimit     = 100
 )
 
-// handleListUsers answers GET /api/v1/users: filter (SCIM on id, subject,
-// email, name, status), sort, limit, next/prev.
+// handleListUsers answers GET /api/v1/users: filter (the users grammar,
+// usersFilter, on id, subject, email, name, status), sort, limit,
+// next/prev. Errors type status as a number.
 func (t *Tenant) handleListUsers(w http.ResponseWriter, r *http.Request) {
 	if _, apiErr := t.authorize(r, scopeAdminClassic, scopeAdminUsers); apiErr != nil {
-		apiErr.write(w)
+		apiErr.asUsers().write(w)
 		return
 	}
 	q := r.URL.Query()
-	filter, err := parseFilter(q.Get("filter"), "id", "subject", "email", "name", "status")
+	filter, err := usersFilter(q.Get("filter"))
 	if err != nil {
-		adminError(http.StatusBadRequest, "Invalid filter: "+err.Error()+".").write(w)
+		usersError(http.StatusBadRequest, codeUsersFilter, "Invalid filter: "+err.Error()+".").write(w)
 		return
 	}
 	field, desc, apiErr := sortSpec(q.Get("sort"), "id", "_id", "name", "email", "subject", "status", "createdAt")
 	if apiErr != nil {
-		apiErr.write(w)
+		usersError(apiErr.status, codeUsersBad, apiErr.detail).write(w)
 		return
 	}
 	pg, apiErr := readPage(q, usersDefaultLimit, usersMaxLimit)
 	if apiErr != nil {
-		apiErr.write(w)
+		usersError(apiErr.status, codeUsersBad, apiErr.detail).write(w)
 		return
 	}
 
@@ -181,7 +214,7 @@ func (t *Tenant) handleListUsers(w http.ResponseWriter, r *http.Request) {
 	})
 	out, next, prev, apiErr := paginate(users, func(u User) string { return u.ID }, pg)
 	if apiErr != nil {
-		apiErr.write(w)
+		usersError(apiErr.status, codeUsersBad, apiErr.detail).write(w)
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
@@ -207,11 +240,12 @@ func (u *User) attr(name string) string {
 }
 
 // handleCreateUser answers POST /api/v1/users: subject required and unique
-// (409 otherwise), status active (the default), invited or disabled; 201 with
-// the user.
+// among all users, deleted ones included (409 otherwise), status active (the
+// default), invited or disabled; 201 with the user. Errors type status as a
+// number.
 func (t *Tenant) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 	if _, apiErr := t.authorize(r, scopeAdminClassic, scopeAdminUsers); apiErr != nil {
-		apiErr.write(w)
+		apiErr.asUsers().write(w)
 		return
 	}
 	var body struct {
@@ -224,7 +258,7 @@ func (t *Tenant) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 		Roles    json.RawMessage `json:"assignedRoles"`
 	}
 	if apiErr := decodeJSON(r, &body, "application/json"); apiErr != nil {
-		apiErr.write(w)
+		usersError(apiErr.status, codeUsersBad, apiErr.detail).write(w)
 		return
 	}
 	switch body.Status {
@@ -232,11 +266,11 @@ func (t *Tenant) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 		body.Status = StatusActive
 	case StatusActive, StatusDisabled, statusInvited:
 	default:
-		adminError(http.StatusBadRequest, "status must be active, invited or disabled.").write(w)
+		usersError(http.StatusBadRequest, codeUsersBad, "status must be active, invited or disabled.").write(w)
 		return
 	}
 	if strings.TrimSpace(body.Subject) == "" {
-		adminError(http.StatusBadRequest, "subject is required.").write(w)
+		usersError(http.StatusBadRequest, codeUsersBad, "subject is required.").write(w)
 		return
 	}
 	u := User{ID: randomHex(12), Subject: body.Subject, Email: body.Email, Name: body.Name, Status: body.Status}
@@ -247,7 +281,7 @@ func (t *Tenant) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 	}
 	t.mu.Unlock()
 	if taken {
-		adminError(http.StatusConflict, "A user with this subject already exists.").write(w)
+		usersError(http.StatusConflict, codeUsersConflict, "A user with this subject already exists.").write(w)
 		return
 	}
 	writeJSON(w, http.StatusCreated, u)
