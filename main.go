@@ -124,6 +124,9 @@ type listenHook func(api, metrics net.Addr)
 // not nil, learns the bound addresses once both listeners are up.
 func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen listenHook) error {
 	log := newLogger(stderr, cfg)
+	for _, w := range cfg.Warnings() {
+		log.Warn("setting has no effect", "setting", w)
+	}
 
 	// Started first and stopped last, so the spans of the final requests
 	// are flushed; every client that traces is built from it.
@@ -209,14 +212,16 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		}
 	}()
 	defer func() { stopRun(); <-runDone }()
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
+	var tenantsHUP chan os.Signal
 	if cfg.TenantsFile != "" {
-		hup, stopHUP := notifyHUP()
-		defer stopHUP()
+		tenantsHUP = make(chan os.Signal, 1)
 		watchDone := make(chan struct{})
 		reload := func(raw []byte) ([]broker.Tenant, error) { return cfg.ReloadTenants(raw, upstreamClient) }
 		go func() {
 			defer close(watchDone)
-			watchTenants(runCtx, cfg.TenantsFile, reload, b, log, 2*time.Second, hup)
+			watchTenants(runCtx, cfg.TenantsFile, reload, b, log, 2*time.Second, tenantsHUP)
 		}()
 		defer func() { stopRun(); <-watchDone }()
 	}
@@ -230,6 +235,12 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		}
 		defer serviceVerifier.Close()
 	}
+	hupDone := make(chan struct{})
+	go func() {
+		defer close(hupDone)
+		relayHUP(runCtx, hup, tenantsHUP, log, verifier, serviceVerifier)
+	}()
+	defer func() { stopRun(); <-hupDone }()
 	ac := cfg.APIConfig()
 	ac.Broker, ac.Verifier, ac.Ready, ac.ServiceVerifier, ac.Metrics, ac.Logger = b, verifier, verifier.Ready, serviceVerifier, m, log
 	api := broker.NewAPI(ac)
