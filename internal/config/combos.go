@@ -142,9 +142,18 @@ func (c Config) Warnings() []string {
 	if c.TenantsFile == "" && c.AdminClientID != "" && c.UserLookup != session.LookupEmail {
 		warn("QTB_ADMIN_CLIENT_ID", "is used only for email lookups (QTB_USER_LOOKUP=email)")
 	}
-	jwks := c.SessionJWKSURL != "" || c.ServiceJWKSURL != ""
-	if !jwks && (c.SessionJWKSRefresh != d.SessionJWKSRefresh || c.SessionJWKSUnknownKIDInterval != d.SessionJWKSUnknownKIDInterval) {
-		warn("QTB_SESSION_JWKS_REFRESH", "and QTB_SESSION_JWKS_UNKNOWN_KID_INTERVAL have no effect without a JWKS URL (QTB_SESSION_JWKS_URL or QTB_SERVICE_JWKS_URL)")
+	if c.SessionJWKSURL == "" && c.ServiceJWKSURL == "" {
+		for _, s := range []struct {
+			env string
+			set bool
+		}{
+			{"QTB_SESSION_JWKS_REFRESH", c.SessionJWKSRefresh != d.SessionJWKSRefresh},
+			{"QTB_SESSION_JWKS_UNKNOWN_KID_INTERVAL", c.SessionJWKSUnknownKIDInterval != d.SessionJWKSUnknownKIDInterval},
+		} {
+			if s.set {
+				warn(s.env, "has no effect without a JWKS URL (QTB_SESSION_JWKS_URL or QTB_SERVICE_JWKS_URL)")
+			}
+		}
 	}
 	return out
 }
