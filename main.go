@@ -315,6 +315,9 @@ func healthcheck(ctx context.Context, args []string, getenv func(string) string,
 	target := fs.String("url", "http://"+net.JoinHostPort(host, port)+"/healthz", "URL to probe")
 	timeout := fs.Duration("timeout", 3*time.Second, "probe timeout")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)

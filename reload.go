@@ -59,7 +59,7 @@ func watchTenants(ctx context.Context, path string, reload func(raw []byte) ([]b
 			err = b.SetTenants(tenants)
 		}
 		if err != nil {
-			log.Error("tenants file rejected; keeping the current tenants", "err", err)
+			log.Error("tenants file rejected; keeping the current tenants", "path", path, "err", err)
 			continue
 		}
 		log.Info("tenants reloaded", "tenants", b.TenantIDs())

@@ -222,7 +222,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 			c.Tenants, err = ReadTenants(raw)
 		}
 		if err != nil {
-			problems = append(problems, fmt.Errorf("QTB_TENANTS_FILE: %w", err))
+			problems = append(problems, fmt.Errorf("QTB_TENANTS_FILE: %s: %w", c.TenantsFile, err))
 		}
 	}
 	var tracingProblems []error

@@ -56,7 +56,7 @@ func ValidTenantID(id string) error { return broker.ValidTenantID(id) }
 func ParseTenantsFile(raw []byte) (TenantsFile, error) {
 	var f TenantsFile
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
-		return TenantsFile{}, err
+		return TenantsFile{}, tenantsFileError(raw, err)
 	}
 	return f, nil
 }
