@@ -164,6 +164,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		limiter broker.SharedLimiter
 	)
 	if cfg.RedisEnabled() {
+		cache.SetRedisLogger(log)
 		opts := cfg.RedisOptions()
 		opts.OnStateChange = func(degraded bool) {
 			if degraded {
@@ -260,8 +261,8 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 	metricsSrv := newServer(metricsMux, log)
 
 	errc := make(chan error, 2)
-	go func() { errc <- apiSrv.Serve(apiLn) }()
-	go func() { errc <- metricsSrv.Serve(metricsLn) }()
+	go func() { errc <- apiSrv.Serve(broker.Listener(apiLn)) }()
+	go func() { errc <- metricsSrv.Serve(broker.Listener(metricsLn)) }()
 	log.Info("listening", "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(),
 		"tenants", b.TenantIDs(), "redis", shared != nil, "sealed", keyring != nil, "version", version)
 	if onListen != nil {
@@ -294,7 +295,7 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    32 << 10,
+		MaxHeaderBytes:    broker.ServerMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }
