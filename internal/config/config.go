@@ -58,19 +58,20 @@ type Config struct {
 	SessionPublicKeyFile  string
 	SessionPublicKeyPEM   []byte // the file's content
 	SessionJWKSURL        string
+	SessionAlgorithms     []string
+	SessionIssuer         string
+	SessionAudience       string
+	SessionLeeway         time.Duration
+	SessionCookie         string
+	SessionCacheTTL       time.Duration
+	UserClaim             string
+	UserLookup            string
+
 	// How often the JWKS (session's and service credentials') is fetched
 	// in the background, and the least time between fetches an unknown
 	// kid forces.
 	SessionJWKSRefresh            time.Duration
 	SessionJWKSUnknownKIDInterval time.Duration
-	SessionAlgorithms             []string
-	SessionIssuer                 string
-	SessionAudience               string
-	SessionLeeway                 time.Duration
-	SessionCookie                 string
-	SessionCacheTTL               time.Duration
-	UserClaim                     string
-	UserLookup                    string
 
 	RedisURL          Secret // may carry a password
 	RedisMode         string
@@ -122,35 +123,36 @@ type Config struct {
 // Default returns the configuration before any variable or flag is read.
 func Default() Config {
 	return Config{
-		Listen:                        ":8080",
-		MetricsListen:                 ":9090",
-		Scope:                         "user_default",
-		UpstreamTimeout:               10 * time.Second,
-		UpstreamConcurrency:           8,
-		UpstreamSharedBurst:           5,
-		UpstreamRetries:               2,
-		UpstreamBreakerFailures:       5,
-		UpstreamBreakerOpen:           30 * time.Second,
-		UserBurst:                     10,
-		SessionLeeway:                 30 * time.Second,
-		SessionCacheTTL:               30 * time.Second,
+		Listen:                  ":8080",
+		MetricsListen:           ":9090",
+		Scope:                   "user_default",
+		UpstreamTimeout:         10 * time.Second,
+		UpstreamConcurrency:     8,
+		UpstreamSharedBurst:     5,
+		UpstreamRetries:         2,
+		UpstreamBreakerFailures: 5,
+		UpstreamBreakerOpen:     30 * time.Second,
+		UserBurst:               10,
+		SessionLeeway:           30 * time.Second,
+		SessionCacheTTL:         30 * time.Second,
+		UserClaim:               "sub",
+		UserLookup:              qlik.FieldUserID,
+		RedisMode:               cache.ModeStandalone,
+		TokenSkew:               60 * time.Second,
+		MinTokenTTL:             10 * time.Minute,
+		RefreshAhead:            time.Hour,
+		L1TTL:                   5 * time.Minute,
+		L1Enabled:               true,
+		L1MaxEntries:            100_000,
+		ShutdownTimeout:         15 * time.Second,
+		ServiceTenantsClaim:     "tenants",
+		ProxyTimeout:            5 * time.Minute,
+		ProxyMaxBody:            32 << 20,
+		LogLevel:                "info",
+		LogFormat:               "json",
+
 		SessionJWKSRefresh:            session.DefaultJWKSRefreshInterval,
 		SessionJWKSUnknownKIDInterval: session.DefaultJWKSUnknownKIDMinWait,
-		UserClaim:                     "sub",
-		UserLookup:                    qlik.FieldUserID,
-		RedisMode:                     cache.ModeStandalone,
-		TokenSkew:                     60 * time.Second,
-		MinTokenTTL:                   10 * time.Minute,
-		RefreshAhead:                  time.Hour,
-		L1TTL:                         5 * time.Minute,
-		L1Enabled:                     true,
-		L1MaxEntries:                  100_000,
-		ShutdownTimeout:               15 * time.Second,
-		ServiceTenantsClaim:           "tenants",
-		ProxyTimeout:                  5 * time.Minute,
-		ProxyMaxBody:                  32 << 20,
-		LogLevel:                      "info",
-		LogFormat:                     "json",
 	}
 }
 
