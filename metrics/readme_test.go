@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/qtb-dev/qlik-token-broker/metrics"
+	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
 // recorder is a Registerer that keeps what New registers.
@@ -112,7 +113,14 @@ func TestReadmeMetricsTable(t *testing.T) {
 	}
 	values := regexp.MustCompile("`([a-z_]+)` \\(([^)]*)\\)")
 	tick := regexp.MustCompile("`([a-z_0-9]+)`")
-	for name, labels := range metrics.LabelValues() {
+	closed := metrics.LabelValues()
+	// The session package's reasons are the values of session_rejections_total.
+	var reasons []string
+	for _, r := range session.Reasons() {
+		reasons = append(reasons, string(r))
+	}
+	closed["session_rejections_total"] = map[string][]string{"reason": reasons}
+	for name, labels := range closed {
 		row := doc[name]
 		for label, want := range labels {
 			var got []string

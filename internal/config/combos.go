@@ -1,6 +1,8 @@
 package config
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"time"
 
@@ -65,6 +67,11 @@ func (c Config) inertProblems() []error {
 			add("QTB_CREATE_USERS", "has no effect with QTB_TENANTS_FILE: set createUsers on the tenants-file entries")
 		case c.UserLookup != session.LookupEmail:
 			add("QTB_CREATE_USERS", "creates users only for email lookups: needs QTB_USER_LOOKUP=email, got %q", c.UserLookup)
+		}
+	}
+	if c.TenantsFile != "" {
+		if err := inertTenantSettings(c.Tenants, c.UserLookup); err != nil {
+			add("QTB_TENANTS_FILE", "%v", err)
 		}
 	}
 	d := Default()
@@ -156,4 +163,18 @@ func (c Config) Warnings() []string {
 		}
 	}
 	return out
+}
+
+// inertTenantSettings refuses tenants-file entries with settings that
+// would do nothing: createUsers where the tenant's lookup (its own
+// userLookup, or QTB_USER_LOOKUP) is not by email.
+func inertTenantSettings(tenants []Tenant, defaultLookup string) error {
+	var errs []error
+	for _, t := range tenants {
+		lookup := cmp.Or(t.UserLookup, defaultLookup)
+		if t.CreateUsers && lookup != session.LookupEmail {
+			errs = append(errs, fmt.Errorf("tenant %s: createUsers creates users only for email lookups: set userLookup: email (the lookup is %q)", t.ID, lookup))
+		}
+	}
+	return errors.Join(errs...)
 }

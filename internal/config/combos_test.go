@@ -1,6 +1,9 @@
 package config
 
 import (
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -71,5 +74,40 @@ func TestKeyProblemsByVariable(t *testing.T) {
 	_, err = Load(nil, envFunc(with(base, "QTB_SESSION_HMAC_SECRET", "", "QTB_SESSION_HMAC_SECRET_FILE", hmacFile)))
 	if err == nil || !strings.Contains(err.Error(), "QTB_SESSION_HMAC_SECRET_FILE: must be at least 32 bytes") {
 		t.Errorf("a short secret from a file: %v", err)
+	}
+}
+
+// TestInertTenantSettings: a tenants-file entry asking to create users
+// for a lookup that is not by email is refused, at start and on reload.
+func TestInertTenantSettings(t *testing.T) {
+	secret := writeSecretFile(t, "s", "v")
+	entry := func(extra string) string {
+		return "tenants:\n  - id: acme\n    url: https://acme.eu.qlikcloud.com\n    clientId: c\n    clientSecretFile: " + secret +
+			"\n    adminClientId: a\n    adminClientSecretFile: " + secret + "\n" + extra
+	}
+	file := filepath.Join(t.TempDir(), "tenants.yaml")
+	for _, tc := range []struct {
+		yaml, lookup string
+		refused      bool
+	}{
+		{entry("    createUsers: true\n"), "", true},
+		{entry("    createUsers: true\n    userLookup: subject\n"), "email", true},
+		{entry("    createUsers: true\n    userLookup: email\n"), "", false},
+		{entry("    createUsers: true\n"), "email", false},
+	} {
+		if err := os.WriteFile(file, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"QTB_TENANTS_FILE": file, "QTB_SESSION_HMAC_SECRET": strings.Repeat("k", 32)}
+		if tc.lookup != "" {
+			env["QTB_USER_LOOKUP"] = tc.lookup
+		}
+		cfg, err := Load(nil, envFunc(env))
+		if refused := err != nil && strings.Contains(err.Error(), "QTB_TENANTS_FILE: tenant acme: createUsers creates users only for email lookups"); refused != tc.refused {
+			t.Errorf("%q with QTB_USER_LOOKUP=%q: %v", tc.yaml, tc.lookup, err)
+		}
+		if _, err := cfg.ReloadTenants([]byte(tc.yaml), http.DefaultClient); (err != nil) != tc.refused {
+			t.Errorf("reload of %q with QTB_USER_LOOKUP=%q: %v", tc.yaml, tc.lookup, err)
+		}
 	}
 }

@@ -178,7 +178,7 @@ func (c Config) BrokerTenants(hc *http.Client) ([]broker.Tenant, error) {
 func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, error) {
 	tenants, err := ReadTenants(raw)
 	if err == nil {
-		err = checkTenants(tenants)
+		err = errors.Join(checkTenants(tenants), inertTenantSettings(tenants, c.UserLookup))
 	}
 	if err != nil {
 		return nil, err
