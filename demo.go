@@ -28,6 +28,9 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	tenantAddr := fs.String("tenant-listen", "127.0.0.1:0", "address of the fake Qlik tenant")
 	logLevel := fs.String("log-level", envOr(getenv, "QTB_LOG_LEVEL", "info"), "log level (QTB_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // asked for, printed: as serve -h
+		}
 		return err
 	}
 

@@ -92,7 +92,7 @@ func TestOversizedHeaders(t *testing.T) {
 	t.Logf("50 x 1 MB headers: slowest answer %s, %d KiB allocated in all (%d KiB per request), live heap %+d KiB",
 		slowest, allocated>>10, allocated/50>>10, heapGrowth>>10)
 	// Generous bounds: reading each header whole would allocate at least
-	// 1 MB per request (50 MB); the server stops at ~36 KiB.
+	// 1 MB per request (50 MB); the server stops at 32 KiB.
 	if allocated > 25<<20 {
 		t.Errorf("%d MiB allocated for 50 rejected requests: the server buffers oversized headers", allocated>>20)
 	}
@@ -247,8 +247,8 @@ func TestMethodsAndSecurityHeaders(t *testing.T) {
 			t.Logf("%s: 405 without an Allow header", name)
 		}
 	}
-	// net/http, not echo, answers requests it cannot parse: those answers are
-	// plain text without the headers, and carry nothing from the request.
+	// net/http, not echo, answers requests it cannot parse (broker.Listener
+	// gives them the JSON error body); they carry nothing from the request.
 	code, _ := rawRequest(t, hostPort(p.api), []byte("GET /v1/token HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"))
 	if code != 400 {
 		t.Errorf("malformed header line: %d, want 400", code)

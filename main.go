@@ -124,6 +124,9 @@ type listenHook func(api, metrics net.Addr)
 // not nil, learns the bound addresses once both listeners are up.
 func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen listenHook) error {
 	log := newLogger(stderr, cfg)
+	for _, w := range cfg.Warnings() {
+		log.Warn("setting has no effect", "setting", w)
+	}
 
 	// Started first and stopped last, so the spans of the final requests
 	// are flushed; every client that traces is built from it.
@@ -161,6 +164,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		limiter broker.SharedLimiter
 	)
 	if cfg.RedisEnabled() {
+		cache.SetRedisLogger(log)
 		opts := cfg.RedisOptions()
 		opts.OnStateChange = func(degraded bool) {
 			if degraded {
@@ -209,14 +213,16 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		}
 	}()
 	defer func() { stopRun(); <-runDone }()
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
+	var tenantsHUP chan os.Signal
 	if cfg.TenantsFile != "" {
-		hup, stopHUP := notifyHUP()
-		defer stopHUP()
+		tenantsHUP = make(chan os.Signal, 1)
 		watchDone := make(chan struct{})
 		reload := func(raw []byte) ([]broker.Tenant, error) { return cfg.ReloadTenants(raw, upstreamClient) }
 		go func() {
 			defer close(watchDone)
-			watchTenants(runCtx, cfg.TenantsFile, reload, b, log, 2*time.Second, hup)
+			watchTenants(runCtx, cfg.TenantsFile, reload, b, log, 2*time.Second, tenantsHUP)
 		}()
 		defer func() { stopRun(); <-watchDone }()
 	}
@@ -230,6 +236,12 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		}
 		defer serviceVerifier.Close()
 	}
+	hupDone := make(chan struct{})
+	go func() {
+		defer close(hupDone)
+		relayHUP(runCtx, hup, tenantsHUP, log, verifier, serviceVerifier)
+	}()
+	defer func() { stopRun(); <-hupDone }()
 	ac := cfg.APIConfig()
 	ac.Broker, ac.Verifier, ac.Ready, ac.ServiceVerifier, ac.Metrics, ac.Logger = b, verifier, verifier.Ready, serviceVerifier, m, log
 	api := broker.NewAPI(ac)
@@ -249,8 +261,8 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 	metricsSrv := newServer(metricsMux, log)
 
 	errc := make(chan error, 2)
-	go func() { errc <- apiSrv.Serve(apiLn) }()
-	go func() { errc <- metricsSrv.Serve(metricsLn) }()
+	go func() { errc <- apiSrv.Serve(broker.Listener(apiLn)) }()
+	go func() { errc <- metricsSrv.Serve(broker.Listener(metricsLn)) }()
 	log.Info("listening", "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(),
 		"tenants", b.TenantIDs(), "redis", shared != nil, "sealed", keyring != nil, "version", version)
 	if onListen != nil {
@@ -283,7 +295,7 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    32 << 10,
+		MaxHeaderBytes:    broker.ServerMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }
@@ -304,6 +316,9 @@ func healthcheck(ctx context.Context, args []string, getenv func(string) string,
 	target := fs.String("url", "http://"+net.JoinHostPort(host, port)+"/healthz", "URL to probe")
 	timeout := fs.Duration("timeout", 3*time.Second, "probe timeout")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/broker"
+	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
 // notifyHUP starts catching SIGHUP (before the watcher goroutine runs, so
@@ -58,9 +59,47 @@ func watchTenants(ctx context.Context, path string, reload func(raw []byte) ([]b
 			err = b.SetTenants(tenants)
 		}
 		if err != nil {
-			log.Error("tenants file rejected; keeping the current tenants", "err", err)
+			log.Error("tenants file rejected; keeping the current tenants", "path", path, "err", err)
 			continue
 		}
 		log.Info("tenants reloaded", "tenants", b.TenantIDs())
+	}
+}
+
+// relayHUP handles SIGHUP until ctx is done: each signal makes the
+// verifiers fetch their JWKS at once and forget the tokens they remembered
+// (so a key the identity provider removed stops verifying now, not at the
+// next background refresh), and is passed on to tenants (the tenants-file
+// watcher) when it is not nil. Nil verifiers are skipped.
+func relayHUP(ctx context.Context, hup <-chan os.Signal, tenants chan<- os.Signal, log *slog.Logger, verifiers ...*session.Verifier) {
+	for {
+		var sig os.Signal
+		select {
+		case <-ctx.Done():
+			return
+		case sig = <-hup:
+		}
+		if tenants != nil {
+			select {
+			case tenants <- sig:
+			default: // a reload is already pending
+			}
+		}
+		failed := false
+		for _, v := range verifiers {
+			if v == nil {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := v.Refresh(rctx)
+			cancel()
+			if err != nil {
+				failed = true
+				log.Warn("SIGHUP: session keys not refreshed; keeping the loaded ones", "err", err)
+			}
+		}
+		if !failed {
+			log.Info("SIGHUP: session keys refreshed")
+		}
 	}
 }

@@ -47,7 +47,14 @@ var (
 	errWebsocketOff     = errors.New("broker: websocket pass-through is off")
 	errServiceScope     = errors.New("broker: service credential not scoped to this tenant")
 	errBadRequest       = errors.New("broker: bad request body")
+	// errServiceCredential marks a *session.Error from the service
+	// credentials' verifier, so the caller is told which token failed.
+	errServiceCredential = errors.New("broker: service credential rejected")
 )
+
+// statusClientClosed is the status recorded when the caller went away
+// before the answer (nginx's 499); nobody reads the body.
+const statusClientClosed = 499
 
 // Cause is why a token request was refused without a token from the
 // tenant. Its String is the label value of the rejections metric: this is
@@ -212,6 +219,9 @@ func classify(err error) apiError {
 	case errors.Is(err, ErrInvalidClient):
 		return apiError{status: http.StatusBadGateway, code: "upstream_misconfigured",
 			message: "the Qlik tenant refused the broker's OAuth client credentials; an operator must fix them"}
+	case errors.As(err, &se) && errors.Is(err, errServiceCredential):
+		return apiError{status: http.StatusUnauthorized, code: "invalid_session",
+			message: "the service credential was rejected (" + string(se.Reason) + ")"}
 	case errors.As(err, &se):
 		return apiError{status: http.StatusUnauthorized, code: "invalid_session",
 			message: "the session token was rejected (" + string(se.Reason) + ")"}
@@ -228,7 +238,7 @@ func classify(err error) apiError {
 			message: "the Qlik tenant did not answer in time"}
 	case errors.Is(err, context.Canceled):
 		// The caller went away; the status is for the logs and metrics.
-		return apiError{status: 499, code: "canceled", message: "request canceled"}
+		return apiError{status: statusClientClosed, code: "canceled", message: "request canceled"}
 	case errors.As(err, &he):
 		return classifyEcho(he)
 	case errors.Is(err, ErrFetchPanicked):

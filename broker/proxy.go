@@ -141,6 +141,13 @@ func (a *API) proxy(c echo.Context) error {
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && c.Request().Context().Err() != nil {
+				// The caller went away: its own doing, not the tenant's.
+				// 499 as on the token route, logged at debug by classify.
+				status = statusClientClosed
+				c.Error(err)
+				return
+			}
 			status = http.StatusBadGateway
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {

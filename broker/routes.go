@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -127,7 +128,7 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 			Verifier: cfg.ServiceVerifier,
 			ErrorHandler: func(c echo.Context, err error) error {
 				a.m.SessionRejections.WithLabelValues(string(session.ReasonOf(err))).Inc()
-				return err
+				return fmt.Errorf("%w: %w", errServiceCredential, err)
 			},
 		})
 	}

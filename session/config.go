@@ -138,9 +138,30 @@ type keySource struct {
 
 // resolve validates c and returns its key and allow-list.
 func (c Config) resolve() (keySource, []string, error) {
-	var errs []error
-	problem := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	src, algs, problems := c.check()
+	if len(problems) > 0 {
+		errs := make([]error, len(problems))
+		for i, p := range problems {
+			errs[i] = p
+		}
+		return keySource{}, nil, errors.Join(errs...)
+	}
+	return src, algs, nil
+}
+
+// check returns c's key and allow-list, and every problem, each naming
+// its field.
+func (c Config) check() (keySource, []string, []*ConfigError) {
+	var errs []*ConfigError
+	// problem records a problem of field; sep joins the field's name and
+	// the problem in the message (" " or ": ").
+	problem := func(field, sep, format string, args ...any) {
+		p := fmt.Sprintf(format, args...)
+		text := p
+		if field != "" {
+			text = field + sep + p
+		}
+		errs = append(errs, &ConfigError{Field: field, Problem: p, text: text})
 	}
 
 	var src keySource
@@ -149,14 +170,14 @@ func (c Config) resolve() (keySource, []string, error) {
 		sources++
 		src = keySource{kind: kindHMAC, key: c.HMACSecret}
 		if len(c.HMACSecret) < MinHMACSecretBytes {
-			problem("HMACSecret must be at least %d bytes", MinHMACSecretBytes)
+			problem("HMACSecret", " ", "must be at least %d bytes", MinHMACSecretBytes)
 		}
 	}
 	if len(c.PublicKeyPEM) > 0 {
 		sources++
 		key, err := parsePublicKeyPEM(c.PublicKeyPEM)
 		if err != nil {
-			problem("PublicKeyPEM: %v", err)
+			problem("PublicKeyPEM", ": ", "%v", err)
 		} else {
 			src = keySource{kind: publicKeyKind(key), key: key}
 		}
@@ -165,11 +186,11 @@ func (c Config) resolve() (keySource, []string, error) {
 		sources++
 		src = keySource{kind: kindJWKS}
 		if err := checkJWKSURL(c.JWKSURL); err != nil {
-			problem("JWKSURL: %v", err)
+			problem("JWKSURL", ": ", "%v", err)
 		}
 	}
 	if sources != 1 {
-		problem("exactly one of HMACSecret, PublicKeyPEM and JWKSURL must be set (%d are)", sources)
+		problem("", "", "exactly one of HMACSecret, PublicKeyPEM and JWKSURL must be set (%d are)", sources)
 		src = keySource{}
 	}
 
@@ -180,37 +201,37 @@ func (c Config) resolve() (keySource, []string, error) {
 	for _, a := range c.Algorithms {
 		switch {
 		case !slices.Contains(allAlgorithms, a):
-			problem("Algorithms: unknown or unsupported algorithm %q", a)
+			problem("Algorithms", ": ", "unknown or unsupported algorithm %q", a)
 		case src.kind != 0 && !slices.Contains(defaultAlgorithms(src.kind), a):
-			problem("Algorithms: %q cannot be used with %s", a, src.kind)
+			problem("Algorithms", ": ", "%q cannot be used with %s", a, src.kind)
 		}
 	}
 
 	if c.Leeway < 0 || c.Leeway > maxLeeway {
-		problem("Leeway must be between 0 and %s", maxLeeway)
+		problem("Leeway", " ", "must be between 0 and %s", maxLeeway)
 	}
 	if c.MaxTokenBytes < 0 || c.MaxTokenBytes > maxTokenBytesLimit {
-		problem("MaxTokenBytes must be between 0 (default %d) and %d", DefaultMaxTokenBytes, maxTokenBytesLimit)
+		problem("MaxTokenBytes", " ", "must be between 0 (default %d) and %d", DefaultMaxTokenBytes, maxTokenBytesLimit)
 	}
 	switch c.UserLookup {
 	case "", LookupUserID, LookupSubject, LookupEmail:
 	default:
-		problem("UserLookup must be %q, %q or %q", LookupUserID, LookupSubject, LookupEmail)
+		problem("UserLookup", " ", "must be %q, %q or %q", LookupUserID, LookupSubject, LookupEmail)
 	}
 	if c.UserClaim != "" && strings.TrimSpace(c.UserClaim) != c.UserClaim {
-		problem("UserClaim has leading or trailing spaces")
+		problem("UserClaim", " ", "has leading or trailing spaces")
 	}
 	if c.TenantClaim != "" && strings.TrimSpace(c.TenantClaim) != c.TenantClaim {
-		problem("TenantClaim has leading or trailing spaces")
+		problem("TenantClaim", " ", "has leading or trailing spaces")
 	}
 	if d := c.JWKSRefreshInterval; d != 0 && (d < minJWKSInterval || d > maxJWKSRefresh) {
-		problem("JWKSRefreshInterval must be 0 (default %s) or between %s and %s", DefaultJWKSRefreshInterval, minJWKSInterval, maxJWKSRefresh)
+		problem("JWKSRefreshInterval", " ", "must be 0 (default %s) or between %s and %s", DefaultJWKSRefreshInterval, minJWKSInterval, maxJWKSRefresh)
 	}
 	if d := c.JWKSUnknownKIDMinWait; d != 0 && (d < minJWKSInterval || d > maxJWKSMinWait) {
-		problem("JWKSUnknownKIDMinWait must be 0 (default %s) or between %s and %s", DefaultJWKSUnknownKIDMinWait, minJWKSInterval, maxJWKSMinWait)
+		problem("JWKSUnknownKIDMinWait", " ", "must be 0 (default %s) or between %s and %s", DefaultJWKSUnknownKIDMinWait, minJWKSInterval, maxJWKSMinWait)
 	}
 	if len(errs) > 0 {
-		return keySource{}, nil, errors.Join(errs...)
+		return keySource{}, nil, errs
 	}
 	return src, algs, nil
 }

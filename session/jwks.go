@@ -157,6 +157,20 @@ func (s *jwksSource) ready(ctx, vctx context.Context, algs map[string]bool, now 
 
 	ctx, cancel := context.WithTimeout(ctx, jwksWaitMax)
 	defer cancel()
+	if err := s.fetch(ctx, vctx); err != nil {
+		s.logRefreshError(ctx, err)
+	}
+	if s.usable(ctx, algs) {
+		return nil
+	}
+	return ErrNotReady
+}
+
+// fetch reads the set once, now, replacing the loaded keys (so a key
+// removed from the set is gone); Close (vctx) aborts it.
+func (s *jwksSource) fetch(ctx, vctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(vctx, cancel)
 	defer stop()
 	// Without RefreshInterval this fetches once into mem (shared with the
@@ -167,13 +181,7 @@ func (s *jwksSource) ready(ctx, vctx context.Context, algs map[string]bool, now 
 		HTTPTimeout: jwksHTTPTimeout,
 		Storage:     s.mem,
 	})
-	if err != nil {
-		s.logRefreshError(ctx, err)
-	}
-	if s.usable(ctx, algs) {
-		return nil
-	}
-	return ErrNotReady
+	return err
 }
 
 func (s *jwksSource) usable(ctx context.Context, algs map[string]bool) bool {

@@ -20,6 +20,7 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
 // Config is every setting of `serve`, and the contents of the files they
@@ -70,6 +71,12 @@ type Config struct {
 	SessionCacheTTL       time.Duration
 	UserClaim             string
 	UserLookup            string
+
+	// How often the JWKS (session's and service credentials') is fetched
+	// in the background, and the least time between fetches an unknown
+	// kid forces.
+	SessionJWKSRefresh            time.Duration
+	SessionJWKSUnknownKIDInterval time.Duration
 
 	RedisURL          Secret // may carry a password
 	RedisMode         string
@@ -150,6 +157,9 @@ func Default() Config {
 		ProxyMaxBody:            32 << 20,
 		LogLevel:                "info",
 		LogFormat:               "json",
+
+		SessionJWKSRefresh:            session.DefaultJWKSRefreshInterval,
+		SessionJWKSUnknownKIDInterval: session.DefaultJWKSUnknownKIDMinWait,
 	}
 }
 
@@ -221,7 +231,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 			c.Tenants, err = ReadTenants(raw)
 		}
 		if err != nil {
-			problems = append(problems, fmt.Errorf("QTB_TENANTS_FILE: %w", err))
+			problems = append(problems, fmt.Errorf("QTB_TENANTS_FILE: %s: %w", c.TenantsFile, err))
 		}
 	}
 	var tracingProblems []error

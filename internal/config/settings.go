@@ -94,6 +94,8 @@ func (c *Config) settings() []setting {
 		{"QTB_SESSION_HMAC_SECRET_FILE", "file holding the HMAC key of session JWTs", (*stringValue)(&c.SessionHMACSecretFile)},
 		{"QTB_SESSION_PUBLIC_KEY_FILE", "PEM public key (RSA, ECDSA, Ed25519) or certificate verifying session JWTs", (*stringValue)(&c.SessionPublicKeyFile)},
 		{"QTB_SESSION_JWKS_URL", "JWKS URL with the keys verifying session JWTs", (*stringValue)(&c.SessionJWKSURL)},
+		{"QTB_SESSION_JWKS_REFRESH", "how often the JWKS is fetched in the background (session and service keys): a key the identity provider removed keeps verifying new tokens up to this long; SIGHUP fetches at once", (*durationValue)(&c.SessionJWKSRefresh)},
+		{"QTB_SESSION_JWKS_UNKNOWN_KID_INTERVAL", "least time between JWKS fetches that a token with an unknown kid forces", (*durationValue)(&c.SessionJWKSUnknownKIDInterval)},
 		{"QTB_SESSION_ALGORITHMS", "allowed session JWT algorithms, comma separated (default: per key type)", (*listValue)(&c.SessionAlgorithms)},
 		{"QTB_SESSION_ISSUER", "required session iss claim", (*stringValue)(&c.SessionIssuer)},
 		{"QTB_SESSION_AUDIENCE", "required session aud claim", (*stringValue)(&c.SessionAudience)},

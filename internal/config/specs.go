@@ -84,6 +84,9 @@ func (c Config) ServiceConfig() session.Config {
 		Leeway:       c.SessionLeeway,
 		UserClaim:    "sub",
 		ListClaim:    c.ServiceTenantsClaim,
+
+		JWKSRefreshInterval:   c.SessionJWKSRefresh,
+		JWKSUnknownKIDMinWait: c.SessionJWKSUnknownKIDInterval,
 	}
 	if c.ServiceHMACSecret != "" {
 		sc.HMACSecret = []byte(c.ServiceHMACSecret)
@@ -104,6 +107,9 @@ func (c Config) SessionConfig() session.Config {
 		UserLookup:       c.UserLookup,
 		TenantClaim:      c.TenantClaim,
 		VerifiedCacheTTL: c.SessionCacheTTL,
+
+		JWKSRefreshInterval:   c.SessionJWKSRefresh,
+		JWKSUnknownKIDMinWait: c.SessionJWKSUnknownKIDInterval,
 	}
 	if c.SessionHMACSecret != "" {
 		sc.HMACSecret = []byte(c.SessionHMACSecret)

@@ -61,7 +61,7 @@ func ValidTenantID(id string) error { return broker.ValidTenantID(id) }
 func ParseTenantsFile(raw []byte) (TenantsFile, error) {
 	var f TenantsFile
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
-		return TenantsFile{}, err
+		return TenantsFile{}, tenantsFileError(raw, err)
 	}
 	return f, nil
 }
@@ -184,7 +184,7 @@ func (c Config) BrokerTenants(hc *http.Client) ([]broker.Tenant, error) {
 func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, error) {
 	tenants, err := ReadTenants(raw)
 	if err == nil {
-		err = checkTenants(tenants)
+		err = errors.Join(checkTenants(tenants), inertTenantSettings(tenants, c.UserLookup))
 	}
 	if err != nil {
 		return nil, err

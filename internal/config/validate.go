@@ -203,6 +203,8 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		add("QTB_SHUTDOWN_TIMEOUT", "must be positive")
 	}
+	errs = append(errs, c.keyProblems()...)
+	errs = append(errs, c.inertProblems()...)
 	return errors.Join(errs...)
 }
 
