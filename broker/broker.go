@@ -169,6 +169,11 @@ type Config struct {
 	// Tracer starts the spans of cache lookups, fills and upstream calls;
 	// nil means no tracing, which costs nothing on a cached token.
 	Tracer trace.Tracer
+	// RefusalTTL is how long the tenant's refusal of a user (unknown,
+	// disabled, not allowed) is remembered and answered without a token
+	// call; shared through Redis when Shared is set. Default 30s; negative
+	// turns it off.
+	RefusalTTL time.Duration
 }
 
 // Broker hands out cached user-impersonation tokens.
@@ -194,6 +199,14 @@ type Broker struct {
 	traced       bool // tracer is not the no-op one
 
 	flight singleflight.Group
+
+	// Remembered refusals (refusals.go) and logouts (logout.go).
+	refusalTTL    time.Duration
+	refused       *cache.Memory[string] // key -> kind
+	refusalsSince atomic.Int64          // unix ms of the last reload
+	reissued      *cache.Memory[string] // key -> token minted after a 401
+	logouts       *cache.Memory[uint64] // key -> sequence of its last logout
+	logoutSeq     atomic.Uint64
 	hmacs  sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
 
 	l1Hit, l1Miss prometheus.Counter            // resolved once: the hot path
@@ -225,6 +238,10 @@ func New(cfg Config) (*Broker, error) {
 		leaseTTL:     orDefault(cfg.LeaseTTL, 5*time.Second),
 		leasePoll:    orDefault(cfg.LeasePoll, 20*time.Millisecond),
 		refreshing:   make(map[string]time.Time),
+		refusalTTL:   cfg.RefusalTTL,
+	}
+	if b.refusalTTL == 0 {
+		b.refusalTTL = defaultRefusalTTL
 	}
 	if cfg.Upstream != nil {
 		b.upstreamCfg = *cfg.Upstream
@@ -265,6 +282,9 @@ func New(cfg Config) (*Broker, error) {
 		b.l1 = cache.NewMemory[*cached](memOpts)
 	}
 	b.emails = cache.NewMemory[string](memOpts)
+	b.refused = cache.NewMemory[string](memOpts)
+	b.reissued = cache.NewMemory[string](memOpts)
+	b.logouts = cache.NewMemory[uint64](memOpts)
 	b.names.max = memOpts.MaxEntries
 	if b.names.max <= 0 {
 		b.names.max = cache.DefaultMaxEntries
@@ -314,6 +334,15 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	}
 	err := b.shared.SubscribeInvalidations(ctx, func(key string) {
+		if key == cache.InvalidateAll {
+			// The subscription was re-established: invalidations sent
+			// while it was down (a logout during a Redis outage) are
+			// lost, so nothing in L1 can be trusted.
+			if b.l1 != nil {
+				_ = b.l1.Close()
+			}
+			return
+		}
 		b.deleteL1(key)
 	})
 	if ctx.Err() != nil {

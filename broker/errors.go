@@ -47,6 +47,14 @@ var (
 	errWebsocketOff     = errors.New("broker: websocket pass-through is off")
 	errServiceScope     = errors.New("broker: service credential not scoped to this tenant")
 	errBadRequest       = errors.New("broker: bad request body")
+	// errRefusedAgain: a token minted after a 401 got a 401 too.
+	errRefusedAgain = errors.New("broker: the tenant refused a fresh token too")
+	// errLoggedOut: the user logged out while their token was fetched;
+	// it was revoked, not served.
+	errLoggedOut = errors.New("broker: logged out while the token was fetched")
+	// errLogoutIncomplete: Redis could not be reached during a logout and
+	// no token was found to revoke here; it is retried in the background.
+	errLogoutIncomplete = errors.New("broker: logout could not reach Redis")
 )
 
 // Cause is why a token request was refused without a token from the
@@ -76,6 +84,9 @@ const (
 	// CauseInvalidClient: the tenant refused the broker's client
 	// credentials.
 	CauseInvalidClient
+	// CauseRememberedRefusal: the tenant refused this user moments ago;
+	// the refusal is answered again without asking.
+	CauseRememberedRefusal
 )
 
 // String returns the cause's label value in the rejections metric.
@@ -95,6 +106,8 @@ func (c Cause) String() string {
 		return metrics.RejectUnknownUser
 	case CauseInvalidClient:
 		return metrics.RejectInvalidClient
+	case CauseRememberedRefusal:
+		return metrics.RejectRememberedRefusal
 	}
 	return "unknown"
 }
@@ -191,6 +204,12 @@ func classify(err error) apiError {
 			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
 	case errors.As(err, &ue):
 		return classifyUnavailable(ue)
+	case errors.Is(err, errLoggedOut):
+		return apiError{status: http.StatusConflict, code: "logged_out",
+			message: "the session logged out while its token was being fetched; ask again"}
+	case errors.Is(err, errLogoutIncomplete):
+		return apiError{status: http.StatusServiceUnavailable, code: "logout_incomplete",
+			message: "the token cache could not be reached; the logout is retried, ask again to confirm", retryAfter: 5 * time.Second}
 	case errors.Is(err, errPathNotAllowed):
 		return apiError{status: http.StatusForbidden, code: "path_not_allowed",
 			message: "this path may not be reached through the broker"}

@@ -201,7 +201,7 @@ func (a *API) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		id, _ := session.IdentityFrom(c)
-		if wait, ok := a.users.allow(id.Tenant + "\x00" + id.UserField + "\x00" + id.UserValue); !ok {
+		if wait, ok := a.users.allow(identityKey(id)); !ok {
 			reject(a.m, CauseUserRateLimit)
 			return &userRateLimitedError{retryAfter: wait}
 		}
