@@ -207,7 +207,7 @@ type Broker struct {
 	reissued      *cache.Memory[string] // key -> token minted after a 401
 	logouts       *cache.Memory[uint64] // key -> sequence of its last logout
 	logoutSeq     atomic.Uint64
-	hmacs  sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
+	hmacs         sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
 
 	l1Hit, l1Miss prometheus.Counter            // resolved once: the hot path
 	redisLookups  map[string]prometheus.Counter // by result, resolved once
