@@ -124,6 +124,9 @@ type listenHook func(api, metrics net.Addr)
 // not nil, learns the bound addresses once both listeners are up.
 func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen listenHook) error {
 	log := newLogger(stderr, cfg)
+	for _, w := range cfg.Warnings() {
+		log.Warn("risky configuration", "warning", w)
+	}
 
 	// Started first and stopped last, so the spans of the final requests
 	// are flushed; every client that traces is built from it.
