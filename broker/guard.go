@@ -228,10 +228,8 @@ func (g *guard) backoff(ctx context.Context, attempt int) bool {
 // first.
 func (g *guard) acquire(ctx context.Context) (release func(), err error) {
 	if isBackground(ctx) {
-		select {
-		case g.slots <- struct{}{}:
-		default:
-			return nil, errRefreshDeferred
+		if err := g.backgroundSlot(ctx); err != nil {
+			return nil, err
 		}
 		if err := g.wait(ctx); err != nil {
 			<-g.slots
