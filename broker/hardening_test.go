@@ -519,3 +519,46 @@ func orderString(order []string, cold map[string]bool) string {
 	}
 	return b.String()
 }
+
+// TestLogoutDuringFillAtAnotherReplica: the fill runs at one replica, the
+// logout arrives at another: the tombstone in Redis makes the fill revoke
+// its token instead of caching or serving it.
+func TestLogoutDuringFillAtAnotherReplica(t *testing.T) {
+	rec := &mintRecorder{}
+	d := newDeployment(t, 0, nil, qliktest.WithLatency(600*time.Millisecond))
+	d.tune = func(c *broker.Config) {
+		if rec.Issuer == nil { // the first replica: the one that fills
+			rec.Issuer = c.Tenants[0].Issuer
+			c.Tenants[0].Issuer = rec
+		}
+	}
+	filler, other := d.add(nil), d.add(nil)
+	ada := d.tenant.AddUser(qliktest.User{Name: "Ada", Subject: "idp|Ada", Status: "active"})
+	sess := filler.session(ada.ID)
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := filler.do("GET", "/v1/token", sess, nil)
+		done <- resp.StatusCode
+	}()
+	for deadline := time.Now().Add(5 * time.Second); d.tenant.Calls(qliktest.EndpointToken) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // until the fill is at the tenant
+	}
+	if resp, body := other.do("DELETE", "/v1/token", sess, nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("logout at the other replica: %d %s", resp.StatusCode, body)
+	}
+	if status := <-done; status != http.StatusConflict {
+		t.Fatalf("the request waiting for the fill: %d, want 409", status)
+	}
+	minted := rec.all()
+	if len(minted) != 1 {
+		t.Fatalf("%d tokens minted by the filling replica, want 1", len(minted))
+	}
+	if _, err := d.tenant.TokenUser(minted[0]); err == nil {
+		t.Fatal("the token in flight was not revoked")
+	}
+	for _, r := range []*env{filler, other} {
+		if code, tok := getToken(r.srv.Client(), r.srv.URL, sess); code != 200 || tok == minted[0] {
+			t.Fatalf("after the logout: %d, the in-flight token %v", code, tok == minted[0])
+		}
+	}
+}

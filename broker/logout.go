@@ -125,9 +125,12 @@ func (b *Broker) Evict(ctx context.Context, id session.Identity) error {
 			b.retryLogout(up, k, found)
 		}
 	}
+	// The caller going away must not stop the revocation.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
+	defer cancel()
 	var errs []error
 	for _, access := range found {
-		if err := up.revoke(ctx, access); err != nil {
+		if err := up.revoke(rctx, access); err != nil {
 			errs = append(errs, err) // up.revoke wraps in ErrUpstream
 		}
 	}
