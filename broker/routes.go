@@ -31,7 +31,9 @@ type APIConfig struct {
 	MaxBodyBytes int64
 	// UserRatePerMinute, when positive, limits each identity's /v1/token
 	// requests to this many per minute (a token bucket of UserBurst, at
-	// least 1); beyond it the caller gets 429 with Retry-After.
+	// least 1); beyond it the caller gets 429 with Retry-After. The same
+	// bucket is the budget of token calls on the other roads: a proxied
+	// request or a service token that misses the cache (budget.go).
 	UserRatePerMinute float64
 	UserBurst         int
 	// ServiceVerifier verifies service credentials for POST
