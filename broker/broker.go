@@ -17,11 +17,13 @@
 //
 // Files by job: broker.go (Broker, Config, New, the interfaces it needs),
 // fill.go (lookups, coalescing, leases), refresh.go (refresh-ahead),
-// logout.go (eviction and revocation), keys.go (Redis key names),
+// logout.go (eviction and revocation, tombstones, retries), refusals.go
+// (remembered refusals), budget.go (per-identity token-call budgets),
+// priority.go (requests before refreshes), keys.go (Redis key names),
 // answer.go (the cached, pre-rendered answer and the stored codec),
 // tenants.go (the registry), upstream.go (one tenant's client: credentials
 // and 401s), guard.go (the road), routes.go, cors.go, instrument.go,
-// proxy.go, service.go, limit.go (the HTTP API), errors.go (every error
+// proxy.go, proxyhygiene.go, service.go, limit.go (the HTTP API), errors.go (every error
 // and the one mapping to HTTP), trace.go (spans).
 package broker
 
