@@ -125,7 +125,7 @@ type listenHook func(api, metrics net.Addr)
 func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen listenHook) error {
 	log := newLogger(stderr, cfg)
 	for _, w := range cfg.Warnings() {
-		log.Warn("setting has no effect", "setting", w)
+		log.Warn("configuration warning", "warning", w)
 	}
 
 	// Started first and stopped last, so the spans of the final requests

@@ -17,11 +17,14 @@
 //
 // Files by job: broker.go (Broker, Config, New, the interfaces it needs),
 // fill.go (lookups, coalescing, leases), refresh.go (refresh-ahead),
-// logout.go (eviction and revocation), keys.go (Redis key names),
+// logout.go (eviction and revocation, tombstones, retries), refusals.go
+// (remembered refusals), budget.go (per-identity token-call budgets),
+// priority.go (requests before refreshes), keys.go (Redis key names),
 // answer.go (the cached, pre-rendered answer and the stored codec),
 // tenants.go (the registry), upstream.go and credentials.go (one tenant's
-// client: credentials and refusals), directory.go (emails to users), guard.go (the road), routes.go, cors.go, instrument.go,
-// proxy.go, service.go, limit.go (the HTTP API), errors.go (every error
+// client: credentials and refusals), directory.go (emails to users),
+// guard.go (the road), routes.go, cors.go, instrument.go, proxy.go,
+// proxyhygiene.go, service.go, limit.go, listener.go (the HTTP API), errors.go (every error
 // and the one mapping to HTTP), trace.go (spans).
 package broker
 
@@ -169,6 +172,11 @@ type Config struct {
 	// Tracer starts the spans of cache lookups, fills and upstream calls;
 	// nil means no tracing, which costs nothing on a cached token.
 	Tracer trace.Tracer
+	// RefusalTTL is how long the tenant's refusal of a user (unknown,
+	// disabled, not allowed) is remembered and answered without a token
+	// call; shared through Redis when Shared is set. Default 30s; negative
+	// turns it off.
+	RefusalTTL time.Duration
 }
 
 // Broker hands out cached user-impersonation tokens.
@@ -194,7 +202,15 @@ type Broker struct {
 	traced       bool // tracer is not the no-op one
 
 	flight singleflight.Group
-	hmacs  sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
+
+	// Remembered refusals (refusals.go) and logouts (logout.go).
+	refusalTTL    time.Duration
+	refused       *cache.Memory[string] // key -> kind
+	refusalsSince atomic.Int64          // unix ms of the last reload
+	reissued      *cache.Memory[string] // key -> token minted after a 401
+	logouts       *cache.Memory[uint64] // key -> sequence of its last logout
+	logoutSeq     atomic.Uint64
+	hmacs         sync.Pool // hash.Hash: HMAC-SHA256 keyed with nameKey
 
 	l1Hit, l1Miss prometheus.Counter            // resolved once: the hot path
 	redisLookups  map[string]prometheus.Counter // by result, resolved once
@@ -225,6 +241,10 @@ func New(cfg Config) (*Broker, error) {
 		leaseTTL:     orDefault(cfg.LeaseTTL, 5*time.Second),
 		leasePoll:    orDefault(cfg.LeasePoll, 20*time.Millisecond),
 		refreshing:   make(map[string]time.Time),
+		refusalTTL:   cfg.RefusalTTL,
+	}
+	if b.refusalTTL == 0 {
+		b.refusalTTL = defaultRefusalTTL
 	}
 	if cfg.Upstream != nil {
 		b.upstreamCfg = *cfg.Upstream
@@ -265,6 +285,9 @@ func New(cfg Config) (*Broker, error) {
 		b.l1 = cache.NewMemory[*cached](memOpts)
 	}
 	b.emails = cache.NewMemory[string](memOpts)
+	b.refused = cache.NewMemory[string](memOpts)
+	b.reissued = cache.NewMemory[string](memOpts)
+	b.logouts = cache.NewMemory[uint64](memOpts)
 	b.names.max = memOpts.MaxEntries
 	if b.names.max <= 0 {
 		b.names.max = cache.DefaultMaxEntries
@@ -314,6 +337,15 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	}
 	err := b.shared.SubscribeInvalidations(ctx, func(key string) {
+		if key == cache.InvalidateAll {
+			// The subscription was re-established: invalidations sent
+			// while it was down (a logout during a Redis outage) are
+			// lost, so nothing in L1 can be trusted.
+			if b.l1 != nil {
+				_ = b.l1.Close()
+			}
+			return
+		}
 		b.deleteL1(key)
 	})
 	if ctx.Err() != nil {

@@ -52,6 +52,7 @@ type envOptions struct {
 	origins   []string
 	cookie    string
 	userRate  float64                           // per-identity requests per second; 0: off
+	userBurst int                               // its bucket; 0: 10
 	issuer    func(broker.Issuer) broker.Issuer // wraps the real client
 	proxyURL  func(tenantURL string) string     // the URL the proxy uses for the tenant
 	proxy     broker.ProxyConfig                // /v1/qlik/* tuning; zero: NewAPI's defaults
@@ -135,9 +136,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 			t.Fatal(err)
 		}
 	}
+	if o.userBurst == 0 {
+		o.userBurst = 10
+	}
 	api := broker.NewAPI(broker.APIConfig{
 		Broker: b, Verifier: v, SessionCookie: o.cookie, AllowedOrigins: o.origins,
-		Ready: v.Ready, Metrics: m, UserRatePerMinute: o.userRate * 60, UserBurst: 10, ServiceVerifier: sv, Logger: logger, Proxy: o.proxy,
+		Ready: v.Ready, Metrics: m, UserRatePerMinute: o.userRate * 60, UserBurst: o.userBurst, ServiceVerifier: sv, Logger: logger, Proxy: o.proxy,
 	})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)

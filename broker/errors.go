@@ -50,6 +50,14 @@ var (
 	// errServiceCredential marks a *session.Error from the service
 	// credentials' verifier, so the caller is told which token failed.
 	errServiceCredential = errors.New("broker: service credential rejected")
+	// errRefusedAgain: a token minted after a 401 got a 401 too.
+	errRefusedAgain = errors.New("broker: the tenant refused a fresh token too")
+	// errLoggedOut: the user logged out while their token was fetched;
+	// it was revoked, not served.
+	errLoggedOut = errors.New("broker: logged out while the token was fetched")
+	// errLogoutIncomplete: Redis could not be reached during a logout and
+	// no token was found to revoke here; it is retried in the background.
+	errLogoutIncomplete = errors.New("broker: logout could not reach Redis")
 )
 
 // statusClientClosed is the status recorded when the caller went away
@@ -83,6 +91,9 @@ const (
 	// CauseInvalidClient: the tenant refused the broker's client
 	// credentials.
 	CauseInvalidClient
+	// CauseRememberedRefusal: the tenant refused this user moments ago;
+	// the refusal is answered again without asking.
+	CauseRememberedRefusal
 )
 
 // String returns the cause's label value in the rejections metric.
@@ -102,6 +113,8 @@ func (c Cause) String() string {
 		return metrics.RejectUnknownUser
 	case CauseInvalidClient:
 		return metrics.RejectInvalidClient
+	case CauseRememberedRefusal:
+		return metrics.RejectRememberedRefusal
 	}
 	return "unknown"
 }
@@ -198,6 +211,12 @@ func classify(err error) apiError {
 			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
 	case errors.As(err, &ue):
 		return classifyUnavailable(ue)
+	case errors.Is(err, errLoggedOut):
+		return apiError{status: http.StatusConflict, code: "logged_out",
+			message: "the session logged out while its token was being fetched; ask again"}
+	case errors.Is(err, errLogoutIncomplete):
+		return apiError{status: http.StatusServiceUnavailable, code: "logout_incomplete",
+			message: "the token cache could not be reached; the logout is retried, ask again to confirm", retryAfter: 5 * time.Second}
 	case errors.Is(err, errPathNotAllowed):
 		return apiError{status: http.StatusForbidden, code: "path_not_allowed",
 			message: "this path may not be reached through the broker"}

@@ -46,6 +46,14 @@ func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error
 		return c, nil
 	}
 	b.annotate(ctx, up.tenant.ID, tierNone)
+	// A miss may cost a token call: not for a user the tenant refused a
+	// moment ago, and only inside the caller's budget.
+	if err := b.remembered(ctx, k); err != nil {
+		return nil, err
+	}
+	if err := b.spendBudget(ctx); err != nil {
+		return nil, err
+	}
 	ch := b.flight.DoChan(k.token, func() (any, error) {
 		// Detached from the first caller: its going away must not fail
 		// the others sharing this call. Values (trace ids) are kept.
@@ -149,8 +157,10 @@ func (b *Broker) holdLease(ctx context.Context, lease *cache.Lease) (release fun
 // mint calls the tenant (through its guard) and stores the result in both
 // tiers.
 func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserLookup) (*cached, error) {
+	since := b.logoutMark(ctx, k)
 	got, err := up.impersonate(ctx, user)
 	if err != nil {
+		b.remember(ctx, k, err)
 		return nil, err
 	}
 	tok := *got
@@ -166,6 +176,9 @@ func (b *Broker) mint(ctx context.Context, up *upstream, k keys, user qlik.UserL
 	}
 	c := b.newCached(k.token, tok)
 	b.putL1(k.token, c)
+	if b.loggedOutSince(ctx, k, since) {
+		return nil, b.discard(ctx, up, k, tok)
+	}
 	return c, nil
 }
 
@@ -188,6 +201,12 @@ func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string)
 		return qlik.Token{}, err
 	}
 	k := b.keysFor(up, user)
+	if again, ok := b.reissued.Get(k.token); ok && again == stale {
+		// The token minted for the last 401 got one too: the tenant
+		// refuses the request, not the token. Another token would not
+		// help, and would cost a token call per request.
+		return qlik.Token{}, errRefusedAgain
+	}
 	if c, ok := b.getL1(k.token); ok && c.tok.AccessToken == stale {
 		b.deleteL1(k.token)
 	}
@@ -196,7 +215,11 @@ func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string)
 			_ = b.dropShared(ctx, k.token) // counted; the refetch below goes on
 		}
 	}
-	return b.Token(ctx, id)
+	tok, err := b.Token(ctx, id)
+	if err == nil {
+		_ = b.reissued.Set(k.token, tok.AccessToken, max(b.refusalTTL, defaultRefusalTTL))
+	}
+	return tok, err
 }
 
 // fromL1 returns a servable token from the in-process cache.

@@ -61,6 +61,9 @@ type guardState struct {
 
 	openedAt      atomic.Int64 // unix nanos of the last breaker opening
 	cooldownUntil atomic.Int64 // unix nanos
+	// waiting counts interactive calls waiting for a slot or a rate
+	// token; a background refresh defers while there are any.
+	waiting atomic.Int64
 }
 
 // newGuard returns a guard around next. cfg.upstream must be valid.
@@ -143,6 +146,9 @@ func (g *guard) do(ctx context.Context, call func(context.Context) (*qlik.Token,
 	if g.breaker.State() == gobreaker.StateOpen {
 		return nil, g.breakerOpen(gobreaker.ErrOpenState)
 	}
+	if isBackground(ctx) && g.waiting.Load() > 0 {
+		return nil, errRefreshDeferred
+	}
 	release, err := g.acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -221,6 +227,18 @@ func (g *guard) backoff(ctx context.Context, attempt int) bool {
 // the shared one), or gives up with a 503 once ctx's deadline would pass
 // first.
 func (g *guard) acquire(ctx context.Context) (release func(), err error) {
+	if isBackground(ctx) {
+		if err := g.backgroundSlot(ctx); err != nil {
+			return nil, err
+		}
+		if err := g.wait(ctx); err != nil {
+			<-g.slots
+			return nil, err
+		}
+		return func() { <-g.slots }, nil
+	}
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
 	start := time.Now()
 	defer func() { g.m.UpstreamQueueWait.WithLabelValues(g.tenant).Observe(time.Since(start).Seconds()) }()
 	select {
@@ -248,6 +266,9 @@ func (g *guard) wait(ctx context.Context) error {
 	if g.local == nil && g.limiter == nil {
 		return nil
 	}
+	if isBackground(ctx) {
+		return g.spare(ctx)
+	}
 	if deadline, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-callMargin))
@@ -259,6 +280,26 @@ func (g *guard) wait(ctx context.Context) error {
 		}
 	}
 	return g.waitShared(ctx)
+}
+
+// spare takes a rate token for a background call only if one is there now
+// (and, shared, half the burst is unused), or defers it.
+func (g *guard) spare(ctx context.Context) error {
+	if g.waiting.Load() > 0 || g.local != nil && !g.local.Allow() {
+		return errRefreshDeferred
+	}
+	if g.limiter == nil {
+		return nil
+	}
+	ok, _, err := g.limiter.Allow(ctx, rateKey(g.tenant), g.upstream.SharedRatePerMinute, backgroundBurst(g.upstream.SharedBurst))
+	switch {
+	case err != nil:
+		countRedisError(ctx, g.deps, "rate", err)
+		return nil // as for requests: a Redis outage must not stop issuing
+	case !ok:
+		return errRefreshDeferred
+	}
+	return nil
 }
 
 // waitShared takes a call from the rate limit the replicas share in Redis,

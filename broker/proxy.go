@@ -39,6 +39,10 @@ type ProxyConfig struct {
 	Websocket bool
 }
 
+// proxyAnswerGrace is how long past the proxy timeout the answer may still
+// be written: the 504 of a request the timeout ended.
+const proxyAnswerGrace = 5 * time.Second
+
 // replayLimit is the largest request body kept in memory so the request
 // can be sent again after a 401; larger bodies stream and are not retried.
 const replayLimit = 1 << 20
@@ -62,7 +66,13 @@ func (a *API) proxy(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	websocket := strings.EqualFold(req.Header.Get("Upgrade"), "websocket")
+	// Only a complete handshake is a websocket; a request that names
+	// websocket in Upgrade but is not one is refused, before any token
+	// work, rather than forwarded as a plain request.
+	websocket := isWebsocketHandshake(req)
+	if !websocket && claimsWebsocket(req) {
+		return errWebsocketOff
+	}
 	paths := up.tenant.proxyPaths()
 	if websocket && a.proxyCfg.Websocket && len(up.tenant.ProxyPaths) == 0 {
 		// Turning websockets on is what lets them reach /app/ at a tenant
@@ -76,6 +86,9 @@ func (a *API) proxy(c echo.Context) error {
 	if websocket && (!a.proxyCfg.Websocket || !strings.HasPrefix(target, "/app/")) {
 		return errWebsocketOff
 	}
+	// The proxy's fill and its retry after a 401 spend the identity's
+	// budget of token calls.
+	req = req.WithContext(withBudget(req.Context(), a.users, identityKey(id)))
 	tok, err := a.broker.Token(req.Context(), id)
 	if err != nil {
 		return err
@@ -98,7 +111,9 @@ func (a *API) proxy(c echo.Context) error {
 	}
 	defer cancel()
 	// The server's write timeout suits token responses, not exports.
-	_ = http.NewResponseController(c.Response().Writer).SetWriteDeadline(time.Now().Add(a.proxyCfg.Timeout))
+	// A little past Timeout, so that a request the timeout ends still gets
+	// its 504.
+	_ = http.NewResponseController(c.Response().Writer).SetWriteDeadline(time.Now().Add(a.proxyCfg.Timeout + proxyAnswerGrace))
 	call := &proxyCall{id: id, token: tok.AccessToken}
 	ctx = context.WithValue(ctx, proxyCtxKey{}, call)
 	req = req.WithContext(ctx)
@@ -115,9 +130,10 @@ func (a *API) proxy(c echo.Context) error {
 			pr.Out.URL.Path, pr.Out.URL.RawPath = target, ""
 			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			pr.Out.Host = base.Host
-			for _, h := range []string{"Authorization", "Cookie", "Origin", "Referer", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+			for _, h := range []string{"Authorization", "Cookie", "Origin", "Referer"} {
 				pr.Out.Header.Del(h)
 			}
+			dropClientIP(pr.Out.Header)
 			pr.Out.Header.Set("Authorization", "Bearer "+call.token)
 			if !websocket {
 				// ReverseProxy would tunnel any protocol the tenant switched
@@ -131,6 +147,7 @@ func (a *API) proxy(c echo.Context) error {
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Del("Set-Cookie")
+			dropCORS(resp.Header)
 			status = resp.StatusCode
 			if status == http.StatusSwitchingProtocols {
 				// ReverseProxy writes the 101 on the hijacked connection,
@@ -150,8 +167,11 @@ func (a *API) proxy(c echo.Context) error {
 			}
 			status = http.StatusBadGateway
 			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
+			switch {
+			case errors.As(err, &mbe):
 				status = http.StatusRequestEntityTooLarge
+			case errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded:
+				status = http.StatusGatewayTimeout
 			}
 			a.log.WarnContext(r.Context(), "proxied request failed", "tenant", up.tenant.ID, "err", err)
 			c.Error(echo.NewHTTPError(status))

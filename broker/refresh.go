@@ -50,7 +50,7 @@ func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, c *cac
 
 	go func() {
 		defer b.bg.Done()
-		ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
+		ctx, cancel := context.WithTimeout(asBackground(b.bgCtx), b.fetchTimeout)
 		defer cancel()
 		ctx, span := b.tracer.Start(ctx, spanRefresh, trace.WithAttributes(attrTenant.String(up.tenant.ID)))
 		result, err := b.refresh(ctx, up, k, user, c.tok)
@@ -65,6 +65,14 @@ func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, c *cac
 		case metrics.RefreshSkipped:
 			// Another replica is on it; look again shortly to adopt.
 			b.refreshing[k.token] = b.now().Add(time.Second)
+		case metrics.RefreshError:
+			if errors.Is(err, errRefreshDeferred) {
+				// Requests came first; the served token has life left.
+				// Counted as a failed refresh, tried again shortly.
+				b.refreshing[k.token] = b.now().Add(5 * time.Second)
+				return
+			}
+			fallthrough
 		default:
 			b.log.Warn("background token refresh failed; the cached token is still served", "tenant", up.tenant.ID, "err", err)
 			wait := 30 * time.Second

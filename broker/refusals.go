@@ -1,115 +1,136 @@
 package broker
 
 import (
-	"bytes"
-	"encoding/json"
+	"context"
+	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
+	"strings"
+	"time"
+
+	"github.com/qtb-dev/qlik-token-broker/cache"
+	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
 
-// MaxHeaderBytes is the most bytes of request line and headers the API
-// accepts; beyond it the answer is 431. Give the http.Server
-// ServerMaxHeaderBytes, not this: net/http reads 4096 bytes more than its
-// MaxHeaderBytes.
-const MaxHeaderBytes = 32 << 10
+// Remembered refusals: when the tenant refuses a token for a user (no such
+// user, or one that is disabled or not allowed), asking again in the next
+// moments would get the same answer and cost a token call each time. The
+// refusal is kept per tenant, client and user for RefusalTTL, in L1 and in
+// Redis for the other replicas, and answered from there. A logout of the
+// user and a reload of the tenants forget it.
+//
+// The layer does not decide what a refusal is: it remembers the errors
+// the upstream already classified as the user's (ErrUnknownUser, a 403 to
+// the token call) and gives them back in the same form.
 
-// ServerMaxHeaderBytes is the http.Server.MaxHeaderBytes that enforces
-// MaxHeaderBytes.
-const ServerMaxHeaderBytes = MaxHeaderBytes - 4096
+// Kinds of remembered refusal, as stored.
+const (
+	refusedUnknown   = "unknown"
+	refusedForbidden = "forbidden"
+)
 
-// earlyRefusals are the answers net/http gives itself, before any handler
-// runs, by status, as the caller sees them through Listener.
-var earlyRefusals = map[int]apiError{
-	http.StatusBadRequest: {status: http.StatusBadRequest, code: "bad_request",
-		message: "the request is not valid HTTP"},
-	http.StatusRequestHeaderFieldsTooLarge: {status: http.StatusRequestHeaderFieldsTooLarge, code: "request_header_too_large",
-		message: fmt.Sprintf("the request line and headers exceed %d KiB", MaxHeaderBytes>>10)},
-	http.StatusNotImplemented: {status: http.StatusNotImplemented, code: "not_implemented",
-		message: "unsupported transfer encoding"},
-	http.StatusHTTPVersionNotSupported: {status: http.StatusHTTPVersionNotSupported, code: "http_version_not_supported",
-		message: "HTTP version not supported"},
-}
+// errRemembered marks an answer given from a remembered refusal.
+var errRemembered = errors.New("broker: the tenant refused this user moments ago (remembered)")
 
-// Listener wraps ln so that the refusals net/http writes itself before
-// any handler runs (431 for headers over MaxHeaderBytes, 400 for a request
-// that is not HTTP, 501 for an unknown transfer encoding) carry the JSON
-// error body of every other answer instead of net/http's plain text.
-func Listener(ln net.Listener) net.Listener { return refusalListener{ln} }
-
-type refusalListener struct{ net.Listener }
-
-func (l refusalListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+// refusalKind says whether err is the tenant refusing the user, and how.
+func refusalKind(err error) (string, bool) {
+	switch {
+	case errors.Is(err, errRemembered):
+		return "", false // already remembered
+	case errors.Is(err, ErrUnknownUser):
+		return refusedUnknown, true
+	case qlikStatus(err, 403) != nil:
+		return refusedForbidden, true
 	}
-	return &refusalConn{Conn: c}, nil
+	return "", false
 }
 
-// refusalConn rewrites net/http's plain-text refusals, recognised by their
-// exact form: one write of a status line, net/http's fixed error headers,
-// and a body repeating the status line (for 501, a fixed text).
-type refusalConn struct{ net.Conn }
+// refusalError is the error a remembered refusal answers with.
+func refusalError(kind string) error {
+	if kind == refusedForbidden {
+		return fmt.Errorf("%w: %w", errRemembered, &qlik.Error{Endpoint: "token", StatusCode: 403, Code: "remembered"})
+	}
+	return fmt.Errorf("%w: %w", ErrUnknownUser, errRemembered)
+}
 
-const netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+// refusalKey is qtb:refused:<tenant>:{<hash>}, in the user's hash slot.
+func (k keys) refusal() string { return "qtb:refused:" + strings.TrimPrefix(k.token, "qtb:tok:") }
 
-func (c *refusalConn) Write(p []byte) (int, error) {
-	if out, ok := jsonRefusal(p); ok {
-		if _, err := c.Conn.Write(out); err != nil {
-			return 0, err
+// remembered returns the refusal remembered for k, if any: from L1, else
+// from Redis when it was written after the last reload of the tenants.
+// A Redis failure is counted and treated as nothing remembered.
+func (b *Broker) remembered(ctx context.Context, k keys) error {
+	if b.refusalTTL <= 0 {
+		return nil
+	}
+	kind, ok := b.refused.Get(k.token)
+	if !ok && b.shared != nil {
+		raw, err := b.shared.Get(ctx, k.refusal())
+		switch {
+		case err == nil:
+			kind, ok = b.parseRefusal(string(raw))
+		case !errors.Is(err, cache.ErrMiss):
+			b.redisError(ctx, "get", err)
 		}
-		return len(p), nil
+		if ok {
+			_ = b.refused.Set(k.token, kind, b.refusalTTL)
+		}
 	}
-	return c.Conn.Write(p)
+	if !ok {
+		return nil
+	}
+	reject(b.m, CauseRememberedRefusal)
+	return refusalError(kind)
 }
 
-// CloseWrite lets net/http half-close after a 431, as it does on a bare
-// TCP connection.
-func (c *refusalConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+// parseRefusal reads "<kind>:<unix ms written>", ignoring refusals written
+// before the tenants were last reloaded here.
+func (b *Broker) parseRefusal(raw string) (string, bool) {
+	kind, ms, found := strings.Cut(raw, ":")
+	at, err := strconv.ParseInt(ms, 10, 64)
+	if !found || err != nil || (kind != refusedUnknown && kind != refusedForbidden) {
+		return "", false
+	}
+	return kind, at >= b.refusalsSince.Load()
+}
+
+// remember keeps err when it is the tenant refusing the user.
+func (b *Broker) remember(ctx context.Context, k keys, err error) {
+	kind, ok := refusalKind(err)
+	if !ok || b.refusalTTL <= 0 {
+		return
+	}
+	_ = b.refused.Set(k.token, kind, b.refusalTTL)
+	if b.shared != nil {
+		v := kind + ":" + strconv.FormatInt(b.now().UnixMilli(), 10)
+		if err := b.shared.Set(ctx, k.refusal(), []byte(v), b.refusalTTL); err != nil {
+			b.redisError(ctx, "set", err)
+		}
+	}
+}
+
+// forgetRefusal drops k's remembered refusal here and in Redis.
+func (b *Broker) forgetRefusal(ctx context.Context, k keys) error {
+	b.refused.Delete(k.token)
+	if b.shared == nil || b.refusalTTL <= 0 {
+		return nil
+	}
+	if err := b.shared.Delete(ctx, k.refusal()); err != nil {
+		b.redisError(ctx, "delete", err)
+		return err
 	}
 	return nil
 }
 
-// ReadFrom keeps sendfile and splice for response bodies: they are never
-// refusals.
-func (c *refusalConn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+// forgetRefusals drops every remembered refusal: the tenants were
+// reloaded. Those in Redis written before now are ignored from here on.
+func (b *Broker) forgetRefusals() {
+	if b.refused == nil {
+		return
 	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+	b.refusalsSince.Store(b.now().UnixMilli())
+	_ = b.refused.Close() // Close empties it; it stays usable
 }
 
-func jsonRefusal(p []byte) ([]byte, bool) {
-	rest, ok := bytes.CutPrefix(p, []byte("HTTP/1.1 "))
-	if !ok {
-		return nil, false
-	}
-	statusLine, body, ok := bytes.Cut(rest, []byte(netHTTPErrorHeaders))
-	if !ok || len(statusLine) < 4 || bytes.Contains(statusLine, []byte("\r\n")) {
-		return nil, false
-	}
-	status, err := strconv.Atoi(string(statusLine[:3]))
-	if err != nil {
-		return nil, false
-	}
-	if !bytes.Equal(body, statusLine) && status != http.StatusNotImplemented {
-		return nil, false
-	}
-	ae, ok := earlyRefusals[status]
-	if !ok {
-		ae = apiError{status: status, code: "bad_request", message: "the request is not valid HTTP"}
-	}
-	b, err := json.Marshal(errorBody{Error: ae.code, Message: ae.message})
-	if err != nil {
-		return nil, false
-	}
-	head := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"+
-		"X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\nContent-Length: %d\r\n\r\n",
-		status, http.StatusText(status), len(b))
-	return append([]byte(head), b...), true
-}
+// defaultRefusalTTL is how long a refusal is remembered by default.
+const defaultRefusalTTL = 30 * time.Second

@@ -32,7 +32,9 @@ type APIConfig struct {
 	MaxBodyBytes int64
 	// UserRatePerMinute, when positive, limits each identity's /v1/token
 	// requests to this many per minute (a token bucket of UserBurst, at
-	// least 1); beyond it the caller gets 429 with Retry-After.
+	// least 1); beyond it the caller gets 429 with Retry-After. The same
+	// bucket is the budget of token calls on the other roads: a proxied
+	// request or a service token that misses the cache (budget.go).
 	UserRatePerMinute float64
 	UserBurst         int
 	// ServiceVerifier verifies service credentials for POST
@@ -202,7 +204,7 @@ func (a *API) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		id, _ := session.IdentityFrom(c)
-		if wait, ok := a.users.allow(id.Tenant + "\x00" + id.UserField + "\x00" + id.UserValue); !ok {
+		if wait, ok := a.users.allow(identityKey(id)); !ok {
 			reject(a.m, CauseUserRateLimit)
 			return &userRateLimitedError{retryAfter: wait}
 		}

@@ -34,9 +34,10 @@ func (a *API) serviceToken(c echo.Context) error {
 	if !allowed {
 		return errServiceScope
 	}
-	tok, err := a.broker.token(c.Request().Context(), session.Identity{
-		Tenant: body.Tenant, UserField: body.UserLookup.Field, UserValue: body.UserLookup.Value,
-	})
+	user := session.Identity{Tenant: body.Tenant, UserField: body.UserLookup.Field, UserValue: body.UserLookup.Value}
+	// A token call spends the service's budget and the user's.
+	ctx := withBudget(c.Request().Context(), a.users, serviceKey(svc), identityKey(user))
+	tok, err := a.broker.token(ctx, user)
 	if err != nil {
 		return err
 	}

@@ -80,6 +80,10 @@ func (b *Broker) SetTenants(tenants []Tenant) error {
 		set.only = set.byID[tenants[0].ID]
 	}
 	b.tenants.Store(set)
+	if old != nil {
+		// A reload may have fixed what the tenant refused users for.
+		b.forgetRefusals()
+	}
 	return nil
 }
 

@@ -3,11 +3,19 @@ package cache
 import (
 	"context"
 	"errors"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // InvalidationChannel is the pub/sub channel PublishInvalidation and
 // SubscribeInvalidations use.
 const InvalidationChannel = "qtb:invalidate"
+
+// InvalidateAll is the key SubscribeInvalidations hands its fn after the
+// subscription was re-established: every invalidation published while it
+// was down is lost, so the subscriber should drop everything it holds. It
+// is never published.
+const InvalidateAll = "*"
 
 // PublishInvalidation tells every subscribed replica that key was deleted
 // or replaced, so they drop it from their in-process caches. In Cluster,
@@ -28,14 +36,15 @@ func (r *Redis) PublishInvalidation(ctx context.Context, key string) error {
 // Redis, the network or this replica's subscription is down are lost. The
 // subscription is re-established automatically (go-redis health-checks and
 // reconnects it), but callers must bound staleness by their in-process
-// TTL, never rely on invalidations alone. It does not go through the
-// circuit breaker.
+// TTL, never rely on invalidations alone; after a re-subscription fn gets
+// InvalidateAll. It does not go through the circuit breaker.
 func (r *Redis) SubscribeInvalidations(ctx context.Context, fn func(key string)) error {
 	// Subscribe does not fail when Redis is down: the channel below keeps
 	// trying to connect and subscribe.
 	ps := r.client.Subscribe(ctx, InvalidationChannel)
 	defer ps.Close()
-	msgs := ps.Channel()
+	msgs := ps.ChannelWithSubscriptions()
+	subscribed := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,7 +53,17 @@ func (r *Redis) SubscribeInvalidations(ctx context.Context, fn func(key string))
 			if !ok {
 				return errors.New("cache: redis subscribe: subscription closed")
 			}
-			fn(m.Payload)
+			switch m := m.(type) {
+			case *redis.Message:
+				fn(m.Payload)
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					if subscribed {
+						fn(InvalidateAll)
+					}
+					subscribed = true
+				}
+			}
 		}
 	}
 }

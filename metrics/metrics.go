@@ -65,6 +65,10 @@ const (
 	RejectInvalidClient = "invalid_client"  // the tenant refused the broker's client credentials
 )
 
+// RejectRememberedRefusal is the Rejections cause of a request answered
+// from a remembered refusal of the same user, without a token call.
+const RejectRememberedRefusal = "remembered_refusal"
+
 // Breaker states, the values of UpstreamBreakerState.
 const (
 	BreakerClosed   = 0

@@ -90,11 +90,13 @@ func (c Config) inertProblems() []error {
 	return errs
 }
 
-// Warnings lists settings that do nothing in the combination given, each
-// naming its variable; serve logs them at start. They are not errors: a
-// chart or an environment may set them for a mode that is off.
+// Warnings lists settings that do nothing in the combination given, and
+// combinations that work but are risky (plain http origins, plain redis://
+// across the network), each naming its variable; serve logs them at start.
+// They are not errors: a chart or an environment may set them for a mode
+// that is off.
 func (c Config) Warnings() []string {
-	var out []string
+	out := c.riskWarnings()
 	warn := func(env, format string, a ...any) {
 		out = append(out, fmt.Sprintf("%s: "+format, append([]any{env}, a...)...))
 	}

@@ -57,6 +57,7 @@ type Config struct {
 	UpstreamBreakerOpen         time.Duration
 	UserRatePerMinute           float64
 	UserBurst                   int
+	RefusalTTL                  time.Duration
 
 	SessionHMACSecret     Secret
 	SessionHMACSecretFile string
@@ -99,7 +100,8 @@ type Config struct {
 	L1Enabled                 bool
 	L1MaxEntries              int
 
-	CORSOrigins []string
+	CORSOrigins   []string
+	CORSAllowHTTP bool
 
 	ServiceHMACSecret     Secret
 	ServiceHMACSecretFile string
@@ -140,6 +142,7 @@ func Default() Config {
 		UpstreamBreakerFailures: 5,
 		UpstreamBreakerOpen:     30 * time.Second,
 		UserBurst:               10,
+		RefusalTTL:              30 * time.Second,
 		SessionLeeway:           30 * time.Second,
 		SessionCacheTTL:         30 * time.Second,
 		UserClaim:               "sub",

@@ -28,7 +28,17 @@ func (c Config) BrokerConfig() broker.Config {
 		RefreshAhead: c.RefreshAhead,
 		// A fill may wait for one upstream call and the retries after it.
 		FetchTimeout: c.UpstreamTimeout + 5*time.Second,
+		RefusalTTL:   refusalTTL(c.RefusalTTL),
 	}
+}
+
+// refusalTTL maps QTB_REFUSAL_TTL to the broker's: there 0 is the
+// default and a negative value turns remembering off.
+func refusalTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // UpstreamConfig is the broker's protection of the tenants: concurrency,

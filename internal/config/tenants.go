@@ -189,6 +189,16 @@ func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, err
 	if err != nil {
 		return nil, err
 	}
+	if len(tenants) > 1 && c.TenantClaim == "" {
+		return nil, fmt.Errorf("QTB_TENANT_CLAIM: required with several tenants (the file lists %d): without it every session is refused", len(tenants))
+	}
+	for _, t := range tenants {
+		for _, o := range t.AllowedOrigins {
+			if !c.CORSAllowHTTP && insecureOrigin(o) {
+				return nil, fmt.Errorf("tenant %q: allowedOrigins %q: http:// is allowed only for loopback hosts; set QTB_CORS_ALLOW_HTTP=true to allow it anyway", t.ID, o)
+			}
+		}
+	}
 	return brokerTenants(tenants, c, hc)
 }
 

@@ -94,6 +94,12 @@ func (c Config) Validate() error {
 	if c.UserBurst < 1 {
 		add("QTB_USER_BURST", "must be at least 1")
 	}
+	if c.RefusalTTL < 0 || c.RefusalTTL > 10*time.Minute {
+		add("QTB_REFUSAL_TTL", "must be between 0 (off) and 10m, got %s", c.RefusalTTL)
+	}
+	if c.TenantsFile != "" && len(c.Tenants) > 1 && c.TenantClaim == "" {
+		add("QTB_TENANT_CLAIM", "required with several tenants (QTB_TENANTS_FILE lists %d): without it every session is refused", len(c.Tenants))
+	}
 	sources := 0
 	for _, set := range []bool{c.SessionHMACSecret != "", c.SessionPublicKeyFile != "", c.SessionJWKSURL != ""} {
 		if set {
@@ -169,6 +175,15 @@ func (c Config) Validate() error {
 	for _, o := range c.CORSOrigins {
 		if err := CheckOrigin(o); err != nil {
 			add("QTB_CORS_ORIGINS", "%v", err)
+		} else if !c.CORSAllowHTTP && insecureOrigin(o) {
+			add("QTB_CORS_ORIGINS", "origin %q: http:// is allowed only for loopback hosts (tokens would cross the network in clear); set QTB_CORS_ALLOW_HTTP=true to allow it anyway", o)
+		}
+	}
+	for _, t := range c.Tenants {
+		for _, o := range t.AllowedOrigins {
+			if !c.CORSAllowHTTP && CheckOrigin(o) == nil && insecureOrigin(o) {
+				add("QTB_TENANTS_FILE", "tenant %q: allowedOrigins %q: http:// is allowed only for loopback hosts; set QTB_CORS_ALLOW_HTTP=true to allow it anyway", t.ID, o)
+			}
 		}
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
@@ -223,6 +238,46 @@ func CheckOrigin(o string) error {
 		return fmt.Errorf("origin %q: no trailing slash (browsers send none)", o)
 	}
 	return nil
+}
+
+// insecureOrigin reports whether o (a checked origin) is http:// to a
+// host other than loopback.
+func insecureOrigin(o string) bool {
+	u, err := url.Parse(o)
+	return err == nil && u.Scheme == "http" && !isLoopback(u.Hostname())
+}
+
+// riskWarnings lists what works but is risky; Warnings adds them to its
+// list for `serve` to log at start: they are not Validate errors.
+func (c Config) riskWarnings() []string {
+	var w []string
+	if c.CORSAllowHTTP {
+		for _, o := range c.CORSOrigins {
+			if insecureOrigin(o) {
+				w = append(w, fmt.Sprintf("QTB_CORS_ORIGINS: origin %q is plain http: tokens handed to it cross the network in clear", o))
+			}
+		}
+		for _, t := range c.Tenants {
+			for _, o := range t.AllowedOrigins {
+				if insecureOrigin(o) {
+					w = append(w, fmt.Sprintf("QTB_TENANTS_FILE: tenant %q: origin %q is plain http: tokens handed to it cross the network in clear", t.ID, o))
+				}
+			}
+		}
+	}
+	if host, ok := plainRedisHost(string(c.RedisURL)); ok && !isLoopback(host) {
+		w = append(w, "QTB_REDIS_URL: redis:// to a host other than loopback: tokens and the password cross the network in clear (use rediss://, and QTB_CACHE_KEY to seal tokens)")
+	}
+	return w
+}
+
+// plainRedisHost returns the host of a redis:// URL (not rediss://).
+func plainRedisHost(raw string) (string, bool) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "redis" {
+		return "", false
+	}
+	return u.Hostname(), true
 }
 
 func parseLevel(s string) (slog.Level, error) {
