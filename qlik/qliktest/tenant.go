@@ -86,6 +86,7 @@ type Tenant struct {
 	writes     int
 	userCalls  map[string]int
 	issued     int
+	assertions assertionState
 }
 
 // Option configures a Tenant.
