@@ -202,7 +202,7 @@ func qlikStatus(err error, code int) *qlik.Error {
 // conclusive by checking the credentials with a client_credentials call
 // (remembered for five minutes).
 func (u *upstream) unauthorized(ctx context.Context, user qlik.UserLookup, qe *qlik.Error) (*qlik.Token, error) {
-	if u.reloadSecret(ctx) {
+	if u.reloadSecret(ctx) || u.reloadKey(ctx) {
 		tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
 		again := qlikStatus(err, 401)
 		if again == nil {
