@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
@@ -15,6 +16,10 @@ import (
 // a secret. A rotated key file is picked up after the tenant refuses the
 // old key, as a rotated secret is; the public keys in use are served as a
 // JWKS for operators to compare with what the tenant holds.
+
+// keySwapWindow is how long after a key swap a refused request retries
+// with the new key even though it found no change on disk itself.
+const keySwapWindow = 10 * time.Second
 
 // reloadKey re-reads the client's signing key and reports whether it
 // changed.
@@ -30,10 +35,15 @@ func (u *upstream) reloadKey(ctx context.Context) bool {
 	}
 	u.credsMu.Lock()
 	defer u.credsMu.Unlock()
+	now := u.now()
 	if k == nil || k.Equal(u.creds.Key) {
-		return false
+		// Requests in flight when another one swapped the key were
+		// refused with the old key: they retry with the new one.
+		swapped := u.keySwappedAt.Load()
+		return swapped != 0 && now.Sub(time.Unix(0, swapped)) < keySwapWindow
 	}
 	u.creds.Key = k
+	u.keySwappedAt.Store(now.UnixNano())
 	u.log.InfoContext(ctx, "client key changed on disk; signing with the new one", "tenant", u.tenant.ID, "kid", k.KeyID())
 	return true
 }

@@ -146,6 +146,7 @@ type upstream struct {
 	credsOKUntil *atomic.Int64
 	credsMu      sync.RWMutex
 	creds        qlik.Credentials
+	keySwappedAt atomic.Int64 // unix nanos of reloadKey's last swap
 }
 
 func newUpstream(t Tenant, road *guard, tracer trace.Tracer, d deps) *upstream {
