@@ -257,7 +257,7 @@ func (p *provisioner) run(ctx context.Context) error {
 	case p.o.dryRun:
 		fmt.Fprintln(p.out, "dry run: nothing was changed")
 	}
-	if p.o.showSecret && sec != plannedSecret {
+	if p.o.showSecret && sec != plannedSecret && !p.keyAuth() { // a private key is never printed
 		fmt.Fprintf(p.out, "client secret: %s\n", sec)
 	}
 	return nil
