@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path"
@@ -57,10 +58,7 @@ type keyOptions struct {
 	finish         bool
 }
 
-func (o *keyOptions) register(fs interface {
-	StringVar(p *string, name, value, usage string)
-	BoolVar(p *bool, name string, value bool, usage string)
-}) {
+func (o *keyOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.auth, "auth", authClientSecret, "how the client authenticates: client-secret or private-key-jwt")
 	fs.StringVar(&o.keyAlg, "key-alg", "", "with private-key-jwt: RS256 (default for RSA), RS512 or ES384 (P-384); a generated key follows it")
 	fs.StringVar(&o.keyID, "key-id", "", "with private-key-jwt: kid of the new key (default: its RFC 7638 thumbprint, which the broker derives itself)")
