@@ -258,6 +258,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 	apiSrv := newServer(tel.Handler(api), log)
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("GET /metrics", metrics.Handler(reg))
+	metricsMux.Handle("GET /jwks.json", b.JWKSHandler())
 	metricsSrv := newServer(metricsMux, log)
 
 	errc := make(chan error, 2)

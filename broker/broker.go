@@ -91,6 +91,9 @@ type Tenant struct {
 	// after the tenant answers 400 or 401, and while the client is known
 	// to be refused, so a rotated secret is picked up without a restart.
 	ReloadSecret func() (string, error)
+	// ReloadKey, when set, re-reads the client's signing key (Private Key
+	// JWT) after a 401, as ReloadSecret does the secret.
+	ReloadKey func() (*qlik.SigningKey, error)
 	// URL is the tenant's address, for logs and the reverse proxy.
 	URL string
 	// UserLookup, when set, overrides the session's lookup field for this

@@ -49,9 +49,13 @@ type QlikDirectory struct {
 	// Now is the clock the admin token's expiry is judged by; nil means
 	// time.Now.
 	Now func() time.Time
+	// ReloadKey, when set, re-reads the admin client's signing key after
+	// the tenant refuses it (a rotated key file).
+	ReloadKey func() (*qlik.SigningKey, error)
 
-	once sync.Once
-	api  *qlik.Admin
+	once      sync.Once
+	api       *qlik.Admin
+	keySource *keyReloadingSource // with ReloadKey and a key
 }
 
 var _ Directory = (*QlikDirectory)(nil)
@@ -68,7 +72,7 @@ func (d *QlikDirectory) admin() *qlik.Admin {
 		if scope == "" {
 			scope = DefaultAdminScope
 		}
-		src := d.Client.ClientCredentials(d.Admin, scope)
+		src := d.adminSource(scope)
 		d.api = d.Client.Admin(qlik.ReuseTokenSource(src, adminEarlyExpiry, now))
 	})
 	return d.api

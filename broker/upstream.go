@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -144,9 +145,10 @@ type upstream struct {
 
 	// client is what is known of the client credentials; kept across
 	// registry reloads.
-	client  *clientState
-	credsMu sync.RWMutex
-	creds   qlik.Credentials
+	client       *clientState
+	credsMu      sync.RWMutex
+	creds        qlik.Credentials
+	keySwappedAt atomic.Int64 // unix nanos of reloadKey's last swap
 }
 
 func newUpstream(t Tenant, road *guard, tracer trace.Tracer, d deps) *upstream {
@@ -227,7 +229,7 @@ func refusal(err error) *qlik.Error {
 // (shared by concurrent callers, remembered) tells a refused client from a
 // refused user.
 func (u *upstream) refused(ctx context.Context, user qlik.UserLookup, qe *qlik.Error) (*qlik.Token, error) {
-	if u.reloadSecret(ctx) {
+	if u.reloadSecret(ctx) || u.reloadKey(ctx) {
 		tok, err := u.road.ImpersonationToken(ctx, u.credentials(), user, u.tenant.Scope)
 		again := refusal(err)
 		if again == nil {

@@ -31,6 +31,7 @@ func TestEverySettingReachable(t *testing.T) {
 			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "secrets.servicePublicKey.existingSecret=service-key"},
 		append([]string{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "secrets.sessionPublicKey.existingSecret=session-key",
 			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "config.service.jwksUrl=https://jobs.example.com/jwks.json"}, singleTenant...),
+		append(append([]string{"-f", allOptions}, singleTenant...), keyedSingleTenant...),
 	} {
 		c := render(t, args...).deployment(t).Spec.Template.Spec.Containers[0]
 		for _, e := range c.Env {

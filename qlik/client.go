@@ -133,11 +133,10 @@ func (c *Client) BaseURL() string { return c.base }
 
 // tokenRequest is the JSON body of /oauth/token.
 type tokenRequest struct {
-	ClientID     string      `json:"client_id"`
-	ClientSecret string      `json:"client_secret"`
-	GrantType    string      `json:"grant_type"`
-	UserLookup   *UserLookup `json:"user_lookup,omitempty"`
-	Scope        string      `json:"scope,omitempty"`
+	clientAuth
+	GrantType  string      `json:"grant_type"`
+	UserLookup *UserLookup `json:"user_lookup,omitempty"`
+	Scope      string      `json:"scope,omitempty"`
 }
 
 // ImpersonationToken mints a token that acts as user, narrowed to scope
@@ -149,12 +148,15 @@ func (c *Client) ImpersonationToken(ctx context.Context, creds Credentials, user
 	if err := user.Validate(); err != nil {
 		return nil, err
 	}
+	auth, err := c.authFor(creds)
+	if err != nil {
+		return nil, err
+	}
 	return c.token(ctx, tokenRequest{
-		ClientID:     creds.ClientID,
-		ClientSecret: creds.ClientSecret,
-		GrantType:    GrantImpersonation,
-		UserLookup:   &user,
-		Scope:        scope,
+		clientAuth: auth,
+		GrantType:  GrantImpersonation,
+		UserLookup: &user,
+		Scope:      scope,
 	})
 }
 
@@ -164,11 +166,14 @@ func (c *Client) ClientCredentialsToken(ctx context.Context, creds Credentials, 
 	if err := creds.validate(); err != nil {
 		return nil, err
 	}
+	auth, err := c.authFor(creds)
+	if err != nil {
+		return nil, err
+	}
 	return c.token(ctx, tokenRequest{
-		ClientID:     creds.ClientID,
-		ClientSecret: creds.ClientSecret,
-		GrantType:    GrantClientCredentials,
-		Scope:        scope,
+		clientAuth: auth,
+		GrantType:  GrantClientCredentials,
+		Scope:      scope,
 	})
 }
 
@@ -194,12 +199,15 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, accessToken stri
 	if accessToken == "" {
 		return fmt.Errorf("%w: access token is empty", ErrInvalidRequest)
 	}
-	_, err := c.post(ctx, "revoke", "/oauth/revoke", struct {
+	auth, err := c.authFor(creds)
+	if err != nil {
+		return err
+	}
+	_, err = c.post(ctx, "revoke", "/oauth/revoke", struct {
 		Token         string `json:"token"`
 		TokenTypeHint string `json:"token_type_hint"`
-		ClientID      string `json:"client_id"`
-		ClientSecret  string `json:"client_secret"`
-	}{accessToken, "access_token", creds.ClientID, creds.ClientSecret})
+		clientAuth
+	}{accessToken, "access_token", auth})
 	return err
 }
 

@@ -49,6 +49,7 @@ type OAuthClient struct {
 	ClientSecret       string    // only on create
 	ClientSecretHint   string    // clientSecretHint, else the hint of the last listed secret
 	ConsentMethod      string    // connectionConfig.consentMethod when the tenant includes it
+	PublicKeys         []JWK     // the keys that verify its assertions (private_key_jwt)
 }
 
 // Credentials returns the client id and the secret shown on create.
@@ -120,6 +121,7 @@ type oauthClientWire struct {
 		Hint string `json:"hint"`
 	} `json:"clientSecrets,omitempty"`
 	ConnectionConfig *connectionConfig `json:"connectionConfig,omitempty"`
+	PublicKeys       []JWK             `json:"publicKeys,omitempty"`
 }
 
 type connectionConfig struct {
@@ -132,6 +134,7 @@ func toWire(c OAuthClient) oauthClientWire {
 		AllowedScopes: c.AllowedScopes, AllowedGrantTypes: c.AllowedGrantTypes, AllowedOrigins: c.AllowedOrigins,
 		AllowedAuthMethods: c.AllowedAuthMethods, RedirectURIs: c.RedirectURIs, ClientURI: c.ClientURI,
 		LogoURI: c.LogoURI, OwnerID: c.OwnerID, ClientSecret: c.ClientSecret, ClientSecretHint: c.ClientSecretHint,
+		PublicKeys: c.PublicKeys,
 	}
 	if !c.CreatedAt.IsZero() {
 		w.CreatedAt = c.CreatedAt.UTC().Format(time.RFC3339Nano)
@@ -148,6 +151,7 @@ func (w oauthClientWire) client() OAuthClient {
 		AllowedScopes: w.AllowedScopes, AllowedGrantTypes: w.AllowedGrantTypes, AllowedOrigins: w.AllowedOrigins,
 		AllowedAuthMethods: w.AllowedAuthMethods, RedirectURIs: w.RedirectURIs, ClientURI: w.ClientURI,
 		LogoURI: w.LogoURI, OwnerID: w.OwnerID, ClientSecret: w.ClientSecret, ClientSecretHint: w.ClientSecretHint,
+		PublicKeys: w.PublicKeys,
 	}
 	if t, err := time.Parse(time.RFC3339Nano, w.CreatedAt); err == nil {
 		c.CreatedAt = t
@@ -176,6 +180,8 @@ type OAuthClientCreate struct {
 	AllowedOrigins     []string `json:"allowedOrigins,omitempty"`
 	AllowedGrantTypes  []string `json:"allowedGrantTypes,omitempty"`
 	AllowedAuthMethods []string `json:"allowedAuthMethods,omitempty"`
+	// PublicKeys register the keys of a private_key_jwt client.
+	PublicKeys []JWK `json:"publicKeys,omitempty"`
 	// ConsentMethod, when set (only ConsentTrusted is accepted), is sent as
 	// connectionConfig.consentMethod, sparing the SetConsent call.
 	ConsentMethod string `json:"-"`

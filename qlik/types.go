@@ -42,25 +42,40 @@ func (l UserLookup) Validate() error {
 	return nil
 }
 
-// Credentials of an OAuth client. Every way of formatting them (fmt, slog,
-// encoding/json) hides ClientSecret, so they can sit in config structs that get logged.
+// Credentials of an OAuth client: its id and either a secret or, for
+// Private Key JWT authentication, a signing key (which then replaces the
+// secret). Every way of formatting them (fmt, slog, encoding/json) hides
+// ClientSecret and the private key, so they can sit in config structs that
+// get logged.
 type Credentials struct {
 	ClientID     string
 	ClientSecret string
+	// Key, when set, signs a client assertion for every request instead of
+	// sending ClientSecret.
+	Key *SigningKey
 }
 
 // String returns the client id with the secret redacted.
 func (c Credentials) String() string {
+	if c.Key != nil {
+		return "ClientID=" + c.ClientID + " Key=" + c.Key.String()
+	}
 	return "ClientID=" + c.ClientID + " ClientSecret=" + redacted
 }
 
 // GoString makes %#v redact the secret too.
 func (c Credentials) GoString() string {
+	if c.Key != nil {
+		return fmt.Sprintf("qlik.Credentials{ClientID:%q, Key:%s}", c.ClientID, c.Key.GoString())
+	}
 	return fmt.Sprintf("qlik.Credentials{ClientID:%q, ClientSecret:%q}", c.ClientID, redacted)
 }
 
 // LogValue implements slog.LogValuer with the secret redacted.
 func (c Credentials) LogValue() slog.Value {
+	if c.Key != nil {
+		return slog.GroupValue(slog.String("client_id", c.ClientID), slog.Any("key", c.Key))
+	}
 	return slog.GroupValue(
 		slog.String("client_id", c.ClientID),
 		slog.String("client_secret", redacted),
@@ -69,6 +84,12 @@ func (c Credentials) LogValue() slog.Value {
 
 // MarshalJSON encodes the client id and a redacted secret.
 func (c Credentials) MarshalJSON() ([]byte, error) {
+	if c.Key != nil {
+		return json.Marshal(struct {
+			ClientID string      `json:"client_id"`
+			Key      *SigningKey `json:"key"`
+		}{c.ClientID, c.Key})
+	}
 	return json.Marshal(struct {
 		ClientID     string `json:"client_id"`
 		ClientSecret string `json:"client_secret"`
@@ -76,8 +97,8 @@ func (c Credentials) MarshalJSON() ([]byte, error) {
 }
 
 func (c Credentials) validate() error {
-	if c.ClientID == "" || c.ClientSecret == "" {
-		return fmt.Errorf("%w: client id and client secret are required", ErrInvalidRequest)
+	if c.ClientID == "" || (c.ClientSecret == "" && c.Key == nil) {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, errNoCredentials)
 	}
 	return nil
 }

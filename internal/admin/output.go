@@ -36,6 +36,32 @@ type clientView struct {
 	ClientSecretHint   string     `json:"clientSecretHint,omitempty"`
 	ConsentMethod      string     `json:"consentMethod,omitempty"`
 	ClientSecret       string     `json:"clientSecret,omitempty"`
+	PublicKeys         []keyView  `json:"publicKeys,omitempty"`
+}
+
+// keyView is a registered public key as the commands show it: which key,
+// for which algorithm.
+type keyView struct {
+	KeyID     string `json:"kid"`
+	Algorithm string `json:"alg"`
+	KeyType   string `json:"kty"`
+}
+
+func keyViews(keys []qlik.JWK) []keyView {
+	var out []keyView
+	for _, k := range keys {
+		out = append(out, keyView{KeyID: k.KeyID, Algorithm: k.Algorithm, KeyType: k.KeyType})
+	}
+	return out
+}
+
+// keysLine lists registered keys as "kid (alg), ...".
+func keysLine(keys []qlik.JWK) string {
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = terminalSafe(k.KeyID, 100) + " (" + terminalSafe(k.Algorithm, 10) + ")"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func viewOf(c qlik.OAuthClient, newSecret string) clientView {
@@ -45,6 +71,7 @@ func viewOf(c qlik.OAuthClient, newSecret string) clientView {
 		AllowedOrigins: nonNilList(c.AllowedOrigins), RedirectURIs: nonNilList(c.RedirectURIs),
 		AllowedAuthMethods: c.AllowedAuthMethods, ClientURI: c.ClientURI, LogoURI: c.LogoURI, OwnerID: c.OwnerID,
 		ClientSecretHint: c.ClientSecretHint, ConsentMethod: c.ConsentMethod, ClientSecret: newSecret,
+		PublicKeys: keyViews(c.PublicKeys),
 	}
 	if !c.CreatedAt.IsZero() {
 		t := c.CreatedAt.UTC()
@@ -129,6 +156,7 @@ func (o *clientsOutput) client(c qlik.OAuthClient, newSecret string) error {
 	row("Redirect URIs", strings.Join(c.RedirectURIs, ", "))
 	row("Auth methods", strings.Join(c.AllowedAuthMethods, ", "))
 	row("Secret hint", c.ClientSecretHint)
+	row("Public keys", keysLine(c.PublicKeys))
 	row("Owner", c.OwnerID)
 	if !c.CreatedAt.IsZero() {
 		row("Created", c.CreatedAt.UTC().Format(time.RFC3339))

@@ -27,7 +27,11 @@ redirect URIs), sets its consent to trusted, and writes the tenant's entry of
 the tenants file (QTB_TENANTS_FILE) and a Kubernetes Secret holding the client
 secret, both mode 0600. A second run changes nothing. An existing client that
 lacks a setting is reported, and corrected only with --fix. The secret is
-never printed unless --show-secret.
+never printed unless --show-secret. With --auth private-key-jwt the client
+proves itself with a key pair instead (generated, or --private-key-file /
+--public-key-file): the tenant gets the public JWK, the Secret the private
+key (key client-key.pem); --rotate-key adds a new key beside the old and
+--finish removes the old.
 
 Flags:
 `
@@ -59,6 +63,7 @@ type provisionOptions struct {
 	rotateSecret   bool
 	dryRun         bool
 	showSecret     bool
+	keys           keyOptions
 }
 
 func (o *provisionOptions) register(fs *flag.FlagSet) {
@@ -75,6 +80,7 @@ func (o *provisionOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.rotateSecret, "rotate-secret", false, "make a new client secret even when the stored one works (older secrets keep working until deleted)")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be done; change nothing at the tenant or on disk")
 	fs.BoolVar(&o.showSecret, "show-secret", false, "print the client secret")
+	o.keys.register(fs)
 }
 
 func (o *provisionOptions) validate() error {
@@ -92,6 +98,9 @@ func (o *provisionOptions) validate() error {
 	}
 	if o.registryOut == "" {
 		errs = append(errs, errors.New("--registry-out is required"))
+	}
+	if err := o.keys.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.secretOut == "" {
 		errs = append(errs, errors.New("--secret-out is required"))
@@ -208,9 +217,14 @@ func (p *provisioner) run(ctx context.Context) error {
 		return err
 	}
 	var sec string
-	if found {
+	switch {
+	case p.keyAuth() && found:
+		err = p.reconcileKey(ctx, &c)
+	case p.keyAuth():
+		err = p.createWithKey(ctx, &c)
+	case found:
 		sec, err = p.reconcile(ctx, &c)
-	} else {
+	default:
 		sec, err = p.create(ctx, &c)
 	}
 	if err != nil {
@@ -225,8 +239,10 @@ func (p *provisioner) run(ctx context.Context) error {
 		b.WriteString("\nrun again with --fix to correct it")
 		return errors.New(b.String())
 	}
-	if err := p.saveSecret(sec); err != nil {
-		return err
+	if !p.keyAuth() {
+		if err := p.saveSecret(sec); err != nil {
+			return err
+		}
 	}
 	if err := p.saveRegistry(c.ClientID); err != nil {
 		return err
@@ -241,7 +257,7 @@ func (p *provisioner) run(ctx context.Context) error {
 	case p.o.dryRun:
 		fmt.Fprintln(p.out, "dry run: nothing was changed")
 	}
-	if p.o.showSecret && sec != plannedSecret {
+	if p.o.showSecret && sec != plannedSecret && !p.keyAuth() { // a private key is never printed
 		fmt.Fprintf(p.out, "client secret: %s\n", sec)
 	}
 	return nil
@@ -357,8 +373,12 @@ func (p *provisioner) drifts(c qlik.OAuthClient) []drift {
 		}
 	}
 	// A tenant that does not list auth methods uses client_secret.
-	if len(c.AllowedAuthMethods) > 0 && !slices.Contains(c.AllowedAuthMethods, "client_secret") {
-		ds = append(ds, drift{"/allowedAuthMethods", c.AllowedAuthMethods, []string{"client_secret"}})
+	methods := c.AllowedAuthMethods
+	if len(methods) == 0 {
+		methods = []string{methodClientSecret}
+	}
+	if want := p.wantAuthMethod(); !slices.Contains(methods, want) {
+		ds = append(ds, drift{"/allowedAuthMethods", methods, []string{want}})
 	}
 	return ds
 }

@@ -22,7 +22,12 @@ import (
 // saveSecret writes the Secret manifest unless it already holds sec under
 // the right name; an unchanged one loose in mode is tightened to 0600.
 func (p *provisioner) saveSecret(sec string) error {
-	m := p.manifest.with(p.o.secretName, sec)
+	return p.saveManifest(p.manifest.with(p.o.secretName, sec))
+}
+
+// saveManifest writes m unless the manifest already is m; an unchanged one
+// loose in mode is tightened to 0600.
+func (p *provisioner) saveManifest(m *secretManifest) error {
 	if p.manifest.equal(m) {
 		st, err := os.Stat(p.o.secretOut)
 		if err != nil || st.Mode().Perm()&0o077 == 0 {
@@ -65,6 +70,7 @@ func (p *provisioner) saveRegistry(clientID string) error {
 	e.URL = p.api.qlik.BaseURL()
 	e.ClientID = clientID
 	e.ClientSecretFile = path.Join(p.o.secretMountDir, secretKey)
+	p.registryAuth(e)
 	if len(p.o.origins) > 0 {
 		e.AllowedOrigins = slices.Clone([]string(p.o.origins))
 	}
@@ -151,10 +157,12 @@ func (m *secretManifest) with(name, sec string) *secretManifest {
 			next.Metadata[k] = v
 		}
 		for k, v := range m.StringData {
-			next.StringData[k] = v
+			if k != keyEntry { // a client has a secret or a key
+				next.StringData[k] = v
+			}
 		}
 		for k, v := range m.Data {
-			if k != secretKey {
+			if k != secretKey && k != keyEntry {
 				if next.Data == nil {
 					next.Data = map[string]string{}
 				}

@@ -44,6 +44,11 @@ type Config struct {
 	// (a tenants-file entry may override them).
 	AdminScope       string
 	JITSubjectPrefix string
+	// Private Key JWT instead of a secret: the key files, kids, algorithms
+	// and the keys Load read from them.
+	ClientKeyFile, ClientKeyID, ClientKeyAlg                string
+	AdminClientKeyFile, AdminClientKeyID, AdminClientKeyAlg string
+	ClientKey, AdminClientKey                               *qlik.SigningKey
 	// Tenants are the tenants file's entries, with their secrets.
 	Tenants                     []Tenant
 	UpstreamTimeout             time.Duration
@@ -228,6 +233,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		}
 		*f.dst = raw
 	}
+	problems = append(problems, c.loadClientKeys()...)
 	if c.TenantsFile != "" {
 		raw, err := os.ReadFile(c.TenantsFile)
 		if err == nil {

@@ -40,7 +40,7 @@ type TenantEntry struct {
 	ID                    string   `json:"id"`
 	URL                   string   `json:"url"`
 	ClientID              string   `json:"clientId"`
-	ClientSecretFile      string   `json:"clientSecretFile"`
+	ClientSecretFile      string   `json:"clientSecretFile,omitempty"`
 	Scope                 string   `json:"scope,omitempty"`
 	UserLookup            string   `json:"userLookup,omitempty"`
 	AllowedOrigins        []string `json:"allowedOrigins,omitempty"`
@@ -50,6 +50,13 @@ type TenantEntry struct {
 	AdminScope            string   `json:"adminScope,omitempty"`
 	JITSubjectPrefix      string   `json:"jitSubjectPrefix,omitempty"`
 	ProxyPaths            []string `json:"proxyPaths,omitempty"`
+	// Private Key JWT instead of clientSecretFile / adminClientSecretFile.
+	ClientKeyFile      string `json:"clientKeyFile,omitempty"`
+	ClientKeyID        string `json:"clientKeyId,omitempty"`
+	ClientKeyAlg       string `json:"clientKeyAlg,omitempty"`
+	AdminClientKeyFile string `json:"adminClientKeyFile,omitempty"`
+	AdminClientKeyID   string `json:"adminClientKeyId,omitempty"`
+	AdminClientKeyAlg  string `json:"adminClientKeyAlg,omitempty"`
 }
 
 // ValidTenantID reports whether id may name a tenant: the broker's rule
@@ -72,6 +79,8 @@ type Tenant struct {
 	TenantEntry
 	ClientSecret      Secret
 	AdminClientSecret Secret
+	// The keys of clientKeyFile and adminClientKeyFile.
+	ClientKey, AdminClientKey *qlik.SigningKey
 	// readErrs are the problems reading its secret files.
 	readErrs []error
 }
@@ -101,6 +110,7 @@ func ReadTenants(raw []byte) ([]Tenant, error) {
 				t.readErrs = append(t.readErrs, fmt.Errorf("adminClientSecretFile: %w", err))
 			}
 		}
+		t.readKeys()
 		tenants[i] = t
 	}
 	return tenants, nil
@@ -137,9 +147,10 @@ func (t Tenant) check() error {
 	if t.ClientID == "" {
 		errs = append(errs, errors.New("clientId is required"))
 	}
-	if t.ClientSecretFile == "" {
-		errs = append(errs, errors.New("clientSecretFile is required (secrets are never inline)"))
+	if t.ClientSecretFile == "" && t.ClientKeyFile == "" {
+		errs = append(errs, errors.New("clientSecretFile is required (secrets are never inline), or clientKeyFile"))
 	}
+	errs = append(errs, t.checkKeys()...)
 	switch t.UserLookup {
 	case "", qlik.FieldUserID, qlik.FieldSubject, "email":
 	default:
@@ -159,7 +170,7 @@ func (t Tenant) check() error {
 		errs = append(errs, err)
 	}
 	switch {
-	case t.AdminClientID != "" && t.AdminClientSecretFile == "":
+	case t.AdminClientID != "" && t.AdminClientSecretFile == "" && t.AdminClientKeyFile == "":
 		errs = append(errs, errors.New("adminClientSecretFile is required with adminClientId"))
 	case t.AdminClientID == "" && (t.UserLookup == "email" || t.CreateUsers):
 		errs = append(errs, errors.New("email lookups need adminClientId and adminClientSecretFile"))
@@ -224,8 +235,9 @@ func (t Tenant) tenant(defaults Config, hc *http.Client) (broker.Tenant, error) 
 	var dir broker.Directory
 	if t.AdminClientID != "" {
 		dir = &broker.QlikDirectory{Client: client, CreateUsers: t.CreateUsers,
-			Admin:      qlik.Credentials{ClientID: t.AdminClientID, ClientSecret: string(t.AdminClientSecret)},
-			AdminScope: cmp.Or(t.AdminScope, defaults.AdminScope), SubjectPrefix: cmp.Or(t.JITSubjectPrefix, defaults.JITSubjectPrefix)}
+			Admin:      qlik.Credentials{ClientID: t.AdminClientID, ClientSecret: string(t.AdminClientSecret), Key: t.AdminClientKey},
+			AdminScope: cmp.Or(t.AdminScope, defaults.AdminScope), SubjectPrefix: cmp.Or(t.JITSubjectPrefix, defaults.JITSubjectPrefix),
+			ReloadKey: keyReloader(t.AdminClientKeyFile, t.AdminClientKeyID, t.AdminClientKeyAlg)}
 	}
 	scope := t.Scope
 	if scope == "" {
@@ -235,7 +247,8 @@ func (t Tenant) tenant(defaults Config, hc *http.Client) (broker.Tenant, error) 
 		ID:             t.ID,
 		URL:            client.BaseURL(),
 		Issuer:         client,
-		Credentials:    qlik.Credentials{ClientID: t.ClientID, ClientSecret: string(t.ClientSecret)},
+		Credentials:    qlik.Credentials{ClientID: t.ClientID, ClientSecret: string(t.ClientSecret), Key: t.ClientKey},
+		ReloadKey:      keyReloader(t.ClientKeyFile, t.ClientKeyID, t.ClientKeyAlg),
 		Scope:          scope,
 		UserLookup:     t.UserLookup,
 		ReloadSecret:   secretReloader(t.ClientSecretFile),
@@ -256,14 +269,16 @@ func (c Config) singleTenant(hc *http.Client) (broker.Tenant, error) {
 		ID:           "default",
 		URL:          client.BaseURL(),
 		Issuer:       client,
-		Credentials:  qlik.Credentials{ClientID: c.ClientID, ClientSecret: string(c.ClientSecret)},
+		Credentials:  qlik.Credentials{ClientID: c.ClientID, ClientSecret: string(c.ClientSecret), Key: c.ClientKey},
+		ReloadKey:    keyReloader(c.ClientKeyFile, c.ClientKeyID, c.ClientKeyAlg),
 		Scope:        c.Scope,
 		ReloadSecret: secretReloader(c.ClientSecretFile),
 	}
 	if c.AdminClientID != "" {
 		t.Directory = &broker.QlikDirectory{Client: client, CreateUsers: c.CreateUsers,
-			Admin:      qlik.Credentials{ClientID: c.AdminClientID, ClientSecret: string(c.AdminClientSecret)},
-			AdminScope: c.AdminScope, SubjectPrefix: c.JITSubjectPrefix}
+			Admin:      qlik.Credentials{ClientID: c.AdminClientID, ClientSecret: string(c.AdminClientSecret), Key: c.AdminClientKey},
+			AdminScope: c.AdminScope, SubjectPrefix: c.JITSubjectPrefix,
+			ReloadKey: keyReloader(c.AdminClientKeyFile, c.AdminClientKeyID, c.AdminClientKeyAlg)}
 	}
 	return t, nil
 }

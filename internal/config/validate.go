@@ -48,14 +48,15 @@ func (c Config) Validate() error {
 		if c.ClientID == "" {
 			add("QTB_CLIENT_ID", "required")
 		}
-		if c.ClientSecret == "" && c.ClientSecretFile == "" {
-			add("QTB_CLIENT_SECRET", "required (or QTB_CLIENT_SECRET_FILE)")
+		if c.ClientSecret == "" && c.ClientSecretFile == "" && c.ClientKeyFile == "" {
+			add("QTB_CLIENT_SECRET", "required (or QTB_CLIENT_SECRET_FILE, or QTB_CLIENT_KEY_FILE)")
 		}
-		if c.UserLookup == "email" && (c.AdminClientID == "" || c.AdminClientSecret == "") {
+		if c.UserLookup == "email" && (c.AdminClientID == "" || (c.AdminClientSecret == "" && c.AdminClientKeyFile == "")) {
 			add("QTB_ADMIN_CLIENT_ID", "QTB_USER_LOOKUP=email needs an admin client (QTB_ADMIN_CLIENT_ID and its secret) to look users up")
 		}
 	}
 	c.checkDirectory(add)
+	c.checkClientKeys(add)
 	if c.UpstreamTimeout <= 0 {
 		add("QTB_UPSTREAM_TIMEOUT", "must be positive")
 	}

@@ -52,6 +52,9 @@ type OAuthClient struct {
 	AllowedAuthMethods []string // nil means ["client_secret"]; without it secrets do not authenticate
 	OwnerID            string   // the user who created the client through the API
 	CreatedAt          time.Time
+	// PublicKeys are the client's JWKs (a JSON array), which verify its
+	// assertions when AllowedAuthMethods holds "private_key_jwt".
+	PublicKeys json.RawMessage
 }
 
 // clientRecord is a stored client with what the exported view leaves out.
@@ -101,7 +104,7 @@ func (t *Tenant) AddClient(c OAuthClient) OAuthClient {
 	if c.CreatedAt.IsZero() {
 		c.CreatedAt = t.now()
 	}
-	rec := &clientRecord{OAuthClient: c.clone(), updatedAt: c.CreatedAt}
+	rec := &clientRecord{OAuthClient: c.clone(), updatedAt: c.CreatedAt, publicKeys: slices.Clone(c.PublicKeys)}
 	rec.secrets = []clientSecret{{value: c.Secret, hint: hintFor(c.Secret, nil), createdAt: c.CreatedAt}}
 	t.storeClientLocked(rec)
 	return c
@@ -178,6 +181,7 @@ func (t *Tenant) storeClientLocked(rec *clientRecord) {
 
 func (rec *clientRecord) view() OAuthClient {
 	c := rec.clone()
+	c.PublicKeys = slices.Clone(rec.publicKeys)
 	c.Secret = ""
 	if n := len(rec.secrets); n > 0 {
 		c.Secret = rec.secrets[n-1].value
@@ -191,6 +195,7 @@ func (c OAuthClient) clone() OAuthClient {
 	c.AllowedOrigins = slices.Clone(c.AllowedOrigins)
 	c.RedirectURIs = slices.Clone(c.RedirectURIs)
 	c.AllowedAuthMethods = slices.Clone(c.AllowedAuthMethods)
+	c.PublicKeys = slices.Clone(c.PublicKeys)
 	return c
 }
 

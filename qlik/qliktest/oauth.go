@@ -27,6 +27,8 @@ type oauthRequest struct {
 	LookupInvalid bool        // present but not a {field, value} object
 	Token         string
 	TokenTypeHint string
+	// Private Key JWT authentication, and the aud it must name.
+	ClientAssertionType, ClientAssertion, TokenURL string
 }
 
 type userLookup struct {
@@ -50,6 +52,8 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 			UserLookup    json.RawMessage `json:"user_lookup"`
 			Token         string          `json:"token"`
 			TokenTypeHint string          `json:"token_type_hint"`
+			AssertionType string          `json:"client_assertion_type"`
+			Assertion     string          `json:"client_assertion"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 			return req, badRequest("The request body is not a valid JSON object.")
@@ -57,6 +61,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 		req = oauthRequest{
 			GrantType: body.GrantType, ClientID: body.ClientID, ClientSecret: body.ClientSecret,
 			Scope: body.Scope, Token: body.Token, TokenTypeHint: body.TokenTypeHint,
+			ClientAssertionType: body.AssertionType, ClientAssertion: body.Assertion,
 		}
 		req.Lookup, req.LookupInvalid = decodeLookup(body.UserLookup)
 	case "application/x-www-form-urlencoded":
@@ -67,6 +72,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 		req = oauthRequest{
 			GrantType: f.Get("grant_type"), ClientID: f.Get("client_id"), ClientSecret: f.Get("client_secret"),
 			Scope: f.Get("scope"), Token: f.Get("token"), TokenTypeHint: f.Get("token_type_hint"),
+			ClientAssertionType: f.Get("client_assertion_type"), ClientAssertion: f.Get("client_assertion"),
 		}
 		switch {
 		case f.Has("user_lookup"):
@@ -77,6 +83,7 @@ func readOAuthRequest(r *http.Request) (oauthRequest, *apiError) {
 	default:
 		return req, badRequest("Content-Type must be application/json or application/x-www-form-urlencoded.")
 	}
+	req.TokenURL = requestTokenURL(r)
 	return req, nil
 }
 
@@ -150,7 +157,7 @@ func (t *Tenant) authorizeToken(req oauthRequest, now time.Time) (accessClaims, 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 
-	client, ok := t.authenticateLocked(req.ClientID, req.ClientSecret)
+	client, ok := t.authenticateRequestLocked(req, now)
 	if !ok {
 		return accessClaims{}, t.invalidClient()
 	}
@@ -226,9 +233,9 @@ func (t *Tenant) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		apiErr.write(w)
 		return
 	}
-	if req.ClientID != "" || req.ClientSecret != "" {
+	if req.ClientID != "" || req.ClientSecret != "" || req.ClientAssertion != "" {
 		t.mu.Lock()
-		_, ok := t.authenticateLocked(req.ClientID, req.ClientSecret)
+		_, ok := t.authenticateRequestLocked(req, t.now())
 		t.mu.Unlock()
 		if !ok {
 			t.invalidClient().write(w)

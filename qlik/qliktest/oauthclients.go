@@ -292,9 +292,8 @@ func (rec *clientRecord) validate() *apiError {
 		}
 	}
 	if len(rec.publicKeys) > 0 && !bytes.Equal(rec.publicKeys, []byte("null")) {
-		var keys []map[string]any
-		if json.Unmarshal(rec.publicKeys, &keys) != nil {
-			return bad("publicKeys must be an array of JWK objects.")
+		if apiErr := checkPublicKeys(rec.publicKeys); apiErr != nil {
+			return apiErr
 		}
 	}
 	return nil

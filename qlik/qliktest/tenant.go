@@ -95,6 +95,7 @@ type Tenant struct {
 	writes     int
 	userCalls  map[string]int
 	issued     int
+	assertions assertionState
 }
 
 // Option configures a Tenant.

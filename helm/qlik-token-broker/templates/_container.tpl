@@ -22,6 +22,12 @@ never subPath, so kubelet's atomic updates reach the file.
 {{- with $s.adminClientSecret.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_ADMIN_CLIENT_SECRET_FILE" "volume" "qtb-admin-client-secret" "dir" (printf "%s/admin-client" $dir) "file" "admin-client-secret" "secret" . "key" $s.adminClientSecret.key) }}
 {{- end }}
+{{- with $s.clientKey.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_CLIENT_KEY_FILE" "volume" "qtb-client-key" "dir" (printf "%s/client-key" $dir) "file" "client-key.pem" "secret" . "key" $s.clientKey.key) }}
+{{- end }}
+{{- with $s.adminClientKey.existingSecret }}
+{{- $m = append $m (dict "env" "QTB_ADMIN_CLIENT_KEY_FILE" "volume" "qtb-admin-client-key" "dir" (printf "%s/admin-client-key" $dir) "file" "admin-client-key.pem" "secret" . "key" $s.adminClientKey.key) }}
+{{- end }}
 {{- with $s.sessionHmacSecret.existingSecret }}
 {{- $m = append $m (dict "env" "QTB_SESSION_HMAC_SECRET_FILE" "volume" "qtb-session-hmac" "dir" (printf "%s/session-hmac" $dir) "file" "hmac-secret" "secret" . "key" $s.sessionHmacSecret.key) }}
 {{- end }}
@@ -96,7 +102,7 @@ extraEnv. */}}
 
 {{/* The environment variables the chart sets itself; extraEnv may not repeat them. */}}
 {{- define "qlik-token-broker.managedEnv" -}}
-QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_SHARED_RATE QTB_UPSTREAM_SHARED_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_REFUSAL_TTL QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_JWKS_REFRESH QTB_SESSION_JWKS_UNKNOWN_KID_INTERVAL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_CACHE_TTL QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_REDIS_SENTINEL_USERNAME QTB_REDIS_SENTINEL_PASSWORD QTB_REDIS_SENTINEL_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_CORS_ALLOW_HTTP QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE QTB_TENANT_CLAIM QTB_ADMIN_CLIENT_ID QTB_ADMIN_CLIENT_SECRET QTB_ADMIN_CLIENT_SECRET_FILE QTB_CREATE_USERS QTB_ADMIN_SCOPE QTB_JIT_SUBJECT_PREFIX QTB_SERVICE_HMAC_SECRET QTB_SERVICE_HMAC_SECRET_FILE QTB_SERVICE_PUBLIC_KEY_FILE QTB_SERVICE_JWKS_URL QTB_SERVICE_ISSUER QTB_SERVICE_AUDIENCE QTB_SERVICE_TENANTS_CLAIM QTB_PROXY_TIMEOUT QTB_PROXY_MAX_BODY QTB_PROXY_WEBSOCKET OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME
+QTB_LISTEN QTB_METRICS_LISTEN QTB_TENANT_URL QTB_CLIENT_ID QTB_CLIENT_SECRET QTB_CLIENT_SECRET_FILE QTB_SCOPE QTB_UPSTREAM_TIMEOUT QTB_UPSTREAM_CONCURRENCY QTB_UPSTREAM_RATE QTB_UPSTREAM_BURST QTB_UPSTREAM_SHARED_RATE QTB_UPSTREAM_SHARED_BURST QTB_UPSTREAM_RETRIES QTB_UPSTREAM_BREAKER_FAILURES QTB_UPSTREAM_BREAKER_OPEN QTB_USER_RATE QTB_USER_BURST QTB_REFUSAL_TTL QTB_SESSION_HMAC_SECRET QTB_SESSION_HMAC_SECRET_FILE QTB_SESSION_PUBLIC_KEY_FILE QTB_SESSION_JWKS_URL QTB_SESSION_JWKS_REFRESH QTB_SESSION_JWKS_UNKNOWN_KID_INTERVAL QTB_SESSION_ALGORITHMS QTB_SESSION_ISSUER QTB_SESSION_AUDIENCE QTB_SESSION_LEEWAY QTB_SESSION_CACHE_TTL QTB_SESSION_COOKIE QTB_USER_CLAIM QTB_USER_LOOKUP QTB_REDIS_URL QTB_REDIS_MODE QTB_REDIS_ADDRS QTB_REDIS_MASTER_NAME QTB_REDIS_CA_FILE QTB_REDIS_PASSWORD QTB_REDIS_PASSWORD_FILE QTB_REDIS_SENTINEL_USERNAME QTB_REDIS_SENTINEL_PASSWORD QTB_REDIS_SENTINEL_PASSWORD_FILE QTB_CACHE_KEY QTB_CACHE_KEY_FILE QTB_TOKEN_SKEW QTB_MIN_TOKEN_TTL QTB_REFRESH_AHEAD QTB_L1_TTL QTB_L1_ENABLED QTB_L1_MAX_ENTRIES QTB_CORS_ORIGINS QTB_CORS_ALLOW_HTTP QTB_SHUTDOWN_TIMEOUT QTB_LOG_LEVEL QTB_LOG_FORMAT QTB_TENANTS_FILE QTB_TENANT_CLAIM QTB_ADMIN_CLIENT_ID QTB_ADMIN_CLIENT_SECRET QTB_ADMIN_CLIENT_SECRET_FILE QTB_CREATE_USERS QTB_ADMIN_SCOPE QTB_JIT_SUBJECT_PREFIX QTB_SERVICE_HMAC_SECRET QTB_SERVICE_HMAC_SECRET_FILE QTB_SERVICE_PUBLIC_KEY_FILE QTB_SERVICE_JWKS_URL QTB_SERVICE_ISSUER QTB_SERVICE_AUDIENCE QTB_SERVICE_TENANTS_CLAIM QTB_PROXY_TIMEOUT QTB_PROXY_MAX_BODY QTB_PROXY_WEBSOCKET OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME QTB_CLIENT_KEY_FILE QTB_CLIENT_KEY_ID QTB_CLIENT_KEY_ALG QTB_ADMIN_CLIENT_KEY_FILE QTB_ADMIN_CLIENT_KEY_ID QTB_ADMIN_CLIENT_KEY_ALG
 {{- end }}
 
 {{/* validate fails the render on configurations the broker would refuse at
@@ -115,6 +121,8 @@ start, or that would put a secret where it does not belong. */}}
 {{- if $v.secrets.clientSecret.existingSecret }}{{ $single = append $single "secrets.clientSecret.existingSecret" }}{{ end }}
 {{- if $v.config.adminClientId }}{{ $single = append $single "config.adminClientId" }}{{ end }}
 {{- if $v.secrets.adminClientSecret.existingSecret }}{{ $single = append $single "secrets.adminClientSecret.existingSecret" }}{{ end }}
+{{- range $k := list "clientKey" "adminClientKey" }}{{ if (get $v.secrets $k).existingSecret }}{{ $single = append $single (printf "secrets.%s.existingSecret" $k) }}{{ end }}{{ end }}
+{{- range $k := list "clientKeyId" "clientKeyAlg" "adminClientKeyId" "adminClientKeyAlg" }}{{ if get $v.config $k }}{{ $single = append $single (printf "config.%s" $k) }}{{ end }}{{ end }}
 {{- if $v.config.createUsers }}{{ $single = append $single "config.createUsers" }}{{ end }}
 {{- if $single }}
 {{- $missing = append $missing (printf "the tenants file (tenants.inline or tenants.existingConfigMap) replaces %s: set them per tenant in the file (url, clientId, clientSecretFile, adminClientId, adminClientSecretFile, createUsers)" (join ", " $single)) }}
@@ -122,8 +130,10 @@ start, or that would put a secret where it does not belong. */}}
 {{- else }}
 {{- if not $v.config.tenantUrl }}{{ $missing = append $missing "config.tenantUrl (or a tenants file: tenants.inline or tenants.existingConfigMap)" }}{{ end }}
 {{- if not $v.config.clientId }}{{ $missing = append $missing "config.clientId" }}{{ end }}
-{{- if not $v.secrets.clientSecret.existingSecret }}{{ $missing = append $missing "secrets.clientSecret.existingSecret" }}{{ end }}
-{{- if ne (empty $v.config.adminClientId) (empty $v.secrets.adminClientSecret.existingSecret) }}{{ $missing = append $missing "config.adminClientId and secrets.adminClientSecret.existingSecret go together (the admin client and its secret)" }}{{ end }}
+{{- if and (not $v.secrets.clientSecret.existingSecret) (not $v.secrets.clientKey.existingSecret) }}{{ $missing = append $missing "secrets.clientSecret.existingSecret" }}{{ end }}
+{{- if and $v.secrets.clientSecret.existingSecret $v.secrets.clientKey.existingSecret }}{{ $missing = append $missing "secrets.clientSecret.existingSecret or secrets.clientKey.existingSecret, not both (a secret or a private key)" }}{{ end }}
+{{- if and $v.secrets.adminClientSecret.existingSecret $v.secrets.adminClientKey.existingSecret }}{{ $missing = append $missing "secrets.adminClientSecret.existingSecret or secrets.adminClientKey.existingSecret, not both" }}{{ end }}
+{{- if ne (empty $v.config.adminClientId) (and (empty $v.secrets.adminClientSecret.existingSecret) (empty $v.secrets.adminClientKey.existingSecret)) }}{{ $missing = append $missing "config.adminClientId and secrets.adminClientSecret.existingSecret go together (the admin client and its secret)" }}{{ end }}
 {{- if and (eq $v.config.userLookup "email") (not $v.config.adminClientId) }}{{ $missing = append $missing "config.userLookup email needs the admin client that looks users up: config.adminClientId and secrets.adminClientSecret.existingSecret" }}{{ end }}
 {{- if and $v.config.createUsers (ne $v.config.userLookup "email") }}{{ $missing = append $missing "config.createUsers needs config.userLookup email" }}{{ end }}
 {{- if $v.tenants.secrets }}{{ $missing = append $missing "tenants.secrets needs a tenants file (tenants.inline or tenants.existingConfigMap) that points at them" }}{{ end }}
@@ -284,7 +294,7 @@ is not visible to the chart; the broker checks it at start. */}}
 {{- fail (printf "qlik-token-broker: %d tenants need config.tenantClaim (QTB_TENANT_CLAIM), the session claim naming the tenant" (len $list)) }}
 {{- end }}
 {{- range $i, $e := $list }}
-{{- range $field := list "clientSecretFile" "adminClientSecretFile" }}
+{{- range $field := list "clientSecretFile" "adminClientSecretFile" "clientKeyFile" "adminClientKeyFile" }}
 {{- $f := get $e $field }}
 {{- if $f }}
 {{- if not (has (dir (toString $f)) $mounted) }}
@@ -376,6 +386,12 @@ env:
   {{- with $c.adminClientId }}
   - name: QTB_ADMIN_CLIENT_ID
     value: {{ . | quote }}
+  {{- end }}
+  {{- range $name, $env := dict "clientKeyId" "QTB_CLIENT_KEY_ID" "clientKeyAlg" "QTB_CLIENT_KEY_ALG" "adminClientKeyId" "QTB_ADMIN_CLIENT_KEY_ID" "adminClientKeyAlg" "QTB_ADMIN_CLIENT_KEY_ALG" }}
+  {{- with get $c $name }}
+  - name: {{ $env }}
+    value: {{ . | quote }}
+  {{- end }}
   {{- end }}
   {{- if $c.createUsers }}
   - name: QTB_CREATE_USERS

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
+	"github.com/qtb-dev/qlik-token-broker/qlik"
+	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
+)
+
+// clientKey is a generated private key, its PEM file and its JWK.
+type clientKey struct {
+	priv crypto.Signer
+	file string
+	key  *qlik.SigningKey
+}
+
+func newClientKey(t *testing.T, dir, name, alg, kid string) clientKey {
+	t.Helper()
+	var priv crypto.Signer
+	var err error
+	if alg == qlik.AlgES384 {
+		priv, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	} else {
+		priv, err = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := qlik.NewSigningKey(priv, kid, alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clientKey{priv, file, k}
+}
+
+func jwks(t *testing.T, keys ...qlik.JWK) json.RawMessage {
+	t.Helper()
+	raw, err := json.Marshal(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// startServeMetrics runs `serve` in process and returns its API and
+// metrics base URLs.
+func startServeMetrics(t *testing.T, env map[string]string) (api, metricsURL string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan [2]net.Addr, 1)
+	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(a, m net.Addr) { addrs <- [2]net.Addr{a, m} }))
+	done := make(chan error, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, envFunc(env), io.Discard, &stderr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("broker log:\n%s", stderr.String())
+		}
+	})
+	select {
+	case a := <-addrs:
+		return "http://" + a[0].String(), "http://" + a[1].String()
+	case err := <-done:
+		t.Fatalf("serve exited: %v\n%s", err, stderr.String())
+	}
+	return "", ""
+}
+
+// TestKeyOnlyBroker: a broker whose environment and files hold no client
+// secret at all gets impersonation tokens with its key, looks users up by
+// email with an admin client on a key, and serves the public JWKS of both
+// keys on the metrics listener.
+func TestKeyOnlyBroker(t *testing.T) {
+	dir := t.TempDir()
+	tn, err := qliktest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	imp := newClientKey(t, dir, "imp.pem", qlik.AlgRS256, "")
+	adm := newClientKey(t, dir, "admin.pem", qlik.AlgES384, "admin-1")
+	oc := tn.AddClient(qliktest.OAuthClient{ID: "imp", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: jwks(t, imp.key.PublicJWK())})
+	admin := tn.AddClient(qliktest.OAuthClient{ID: "admin", AllowedGrants: []string{"client_credentials"}, AllowedScopes: []string{"admin_classic"},
+		AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: jwks(t, adm.key.PublicJWK())})
+	ada := tn.AddUser(qliktest.User{Name: "Ada", Email: "ada@example.com", Status: "active"})
+
+	env := map[string]string{
+		"QTB_TENANT_URL": tn.URL(), "QTB_CLIENT_ID": oc.ID, "QTB_CLIENT_KEY_FILE": imp.file,
+		"QTB_ADMIN_CLIENT_ID": admin.ID, "QTB_ADMIN_CLIENT_KEY_FILE": adm.file, "QTB_ADMIN_CLIENT_KEY_ID": "admin-1", "QTB_ADMIN_CLIENT_KEY_ALG": "ES384",
+		"QTB_USER_LOOKUP": "email", "QTB_USER_CLAIM": "email", "QTB_SESSION_HMAC_SECRET": testHMAC,
+	}
+	for k := range env {
+		if strings.Contains(k, "CLIENT_SECRET") {
+			t.Fatalf("%s set", k)
+		}
+	}
+	for _, f := range []string{imp.file, adm.file} {
+		raw, _ := os.ReadFile(f)
+		if bytes.Contains(raw, []byte(oc.Secret)) || bytes.Contains(raw, []byte(admin.Secret)) {
+			t.Fatal("a key file holds a secret")
+		}
+	}
+	api, metricsURL := startServeMetrics(t, env)
+	code, tok := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": "app-1", "email": "ada@example.com"}))
+	if u, err := tn.TokenUser(tok); code != 200 || err != nil || u.ID != ada.ID {
+		t.Fatalf("token by email: %d %v %s", code, err, tok)
+	}
+	if n, m := tn.AssertionKeyUses(imp.key.KeyID()), tn.AssertionKeyUses("admin-1"); n != 1 || m != 1 {
+		t.Errorf("assertions: impersonation %d, admin %d; want 1 each", n, m)
+	}
+
+	resp, err := http.Get(metricsURL + "/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var set struct {
+		Keys []qlik.JWK `json:"keys"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(set.Keys, []qlik.JWK{imp.key.PublicJWK(), adm.key.PublicJWK()}) {
+		t.Errorf("jwks.json = %+v", set.Keys)
+	}
+}
+
+// refusingTenant puts a tamperer between the broker and the fake tenant:
+// it sees every token request (as its JSON body) and may change the body
+// and the Host the tenant sees.
+type refusingTenant struct {
+	tn     *qliktest.Tenant
+	srv    *httptest.Server
+	mu     sync.Mutex
+	tamper func(r *http.Request, body map[string]any)
+}
+
+func newRefusingTenant(t *testing.T, tn *qliktest.Tenant) *refusingTenant {
+	rt := &refusingTenant{tn: tn}
+	rt.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt.mu.Lock()
+		tamper := rt.tamper
+		rt.mu.Unlock()
+		if tamper != nil && r.URL.Path == "/oauth/token" {
+			var body map[string]any
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			tamper(r, body)
+			raw, _ := json.Marshal(body)
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(raw)), int64(len(raw))
+		}
+		tn.ServeHTTP(w, r)
+	}))
+	t.Cleanup(rt.srv.Close)
+	return rt
+}
+
+// TestRefusedAssertions: every check of the tenant that the broker can be
+// made to fail (wrong key, alg not the key's, another host in aud, a
+// replayed jti, iss not the client, an expired assertion) gives 502
+// upstream_misconfigured and exactly one token call per request: no retry
+// storm.
+func TestRefusedAssertions(t *testing.T) {
+	dir := t.TempDir()
+	clk := clocktest.New(time.Now())
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	k := newClientKey(t, dir, "imp.pem", qlik.AlgRS256, "k1")
+	other := newClientKey(t, dir, "other.pem", qlik.AlgRS256, "k1")
+	good := jwks(t, k.key.PublicJWK())
+	oc := tn.AddClient(qliktest.OAuthClient{ID: "imp", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: good})
+	twin := tn.AddClient(qliktest.OAuthClient{ID: "twin", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: good})
+	ada := tn.AddUser(qliktest.User{Subject: "ada", Name: "Ada", Status: "active"})
+	tn.AddUser(qliktest.User{Subject: "prime", Name: "Prime", Status: "active"})
+	front := newRefusingTenant(t, tn)
+	// A retry budget the broker must not spend on refusals.
+	api, _ := startServeMetrics(t, map[string]string{
+		"QTB_TENANT_URL": front.srv.URL, "QTB_CLIENT_ID": oc.ID, "QTB_CLIENT_KEY_FILE": k.file, "QTB_CLIENT_KEY_ID": "k1",
+		"QTB_SESSION_HMAC_SECRET": testHMAC, "QTB_UPSTREAM_RETRIES": "3", "QTB_USER_LOOKUP": "subject",
+	})
+	var last string
+	tests := []struct {
+		name   string
+		setup  func()
+		tamper func(r *http.Request, body map[string]any)
+		want   string
+	}{
+		{"wrong key", func() { tn.SetPublicKeys(oc.ID, jwks(t, other.key.PublicJWK())) }, nil, qliktest.RefusedSignature},
+		{"alg not the key's", func() {
+			j := k.key.PublicJWK()
+			j.Algorithm = qlik.AlgRS512
+			tn.SetPublicKeys(oc.ID, jwks(t, j))
+		}, nil, qliktest.RefusedAlg},
+		{"aud names another host", nil, func(r *http.Request, _ map[string]any) {
+			r.Host = strings.TrimPrefix(tn.URL(), "http://") // the broker signed for the front's host
+		}, qliktest.RefusedAudience},
+		{"replayed jti", nil, func(_ *http.Request, body map[string]any) {
+			if last != "" {
+				body["client_assertion"] = last
+			}
+			last, _ = body["client_assertion"].(string)
+		}, qliktest.RefusedReplay},
+		{"iss not the client", nil, func(_ *http.Request, body map[string]any) { body["client_id"] = twin.ID }, qliktest.RefusedClient},
+		{"expired", func() { clk.Advance(10 * time.Minute) }, nil, qliktest.RefusedExpired},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tn.SetPublicKeys(oc.ID, good)
+			front.mu.Lock()
+			front.tamper, last = nil, ""
+			front.mu.Unlock()
+			// Prime: the replay case needs one good assertion seen.
+			if tt.name == "replayed jti" {
+				front.mu.Lock()
+				front.tamper = tt.tamper
+				front.mu.Unlock()
+				if code, body := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": "prime"})); code != 200 {
+					t.Fatalf("first use: %d %s", code, body)
+				}
+			}
+			if tt.setup != nil {
+				tt.setup()
+			}
+			front.mu.Lock()
+			front.tamper = tt.tamper
+			front.mu.Unlock()
+			calls, refusals := tn.Calls(qliktest.EndpointToken), len(tn.AssertionRefusals())
+			const requests = 3
+			for j := range requests {
+				// A user no token is cached for: the client is refused
+				// before the user is looked up.
+				code, body := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": fmt.Sprintf("user-%d-%d", i, j)}))
+				if code != http.StatusBadGateway || !strings.Contains(body, "upstream_misconfigured") {
+					t.Fatalf("request %d: %d %s", j, code, body)
+				}
+			}
+			if got := tn.Calls(qliktest.EndpointToken) - calls; got != requests {
+				t.Errorf("%d token calls for %d requests: want one each, no retries", got, requests)
+			}
+			got := tn.AssertionRefusals()[refusals:]
+			if len(got) != requests || slices.ContainsFunc(got, func(r string) bool { return r != tt.want }) {
+				t.Errorf("refusals %q, want %d × %q", got, requests, tt.want)
+			}
+			if tt.name == "expired" {
+				clk.Advance(-10 * time.Minute)
+			}
+		})
+	}
+	// With the tamperer gone and the key right, the broker recovers.
+	tn.SetPublicKeys(oc.ID, good)
+	front.mu.Lock()
+	front.tamper = nil
+	front.mu.Unlock()
+	code, tok := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": "ada"}))
+	if u, err := tn.TokenUser(tok); code != 200 || err != nil || u.ID != ada.ID {
+		t.Fatalf("after the refusals: %d %v", code, err)
+	}
+}
