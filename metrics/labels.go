@@ -30,7 +30,7 @@ func LabelValues() map[string]map[string][]string {
 		"token_leases_total":          {"result": {LeaseAcquired, LeaseWaited, LeaseTakenOver, LeaseError}},
 		"token_refreshes_total":       {"result": {RefreshRefreshed, RefreshAdopted, RefreshSkipped, RefreshError}},
 		"token_rejections_total": {"cause": {RejectCooldown, RejectBreakerOpen, RejectQueueTimeout, RejectSharedRate,
-			RejectUserRateLimit, RejectUnknownUser, RejectInvalidClient}},
+			RejectUserRateLimit, RejectUnknownUser, RejectInvalidClient, RejectRememberedRefusal}},
 		"redis_errors_total":      {"op": {RedisOpGet, RedisOpSet, RedisOpDelete, RedisOpLock, RedisOpRelease, RedisOpPublish, RedisOpRate}},
 		"upstream_requests_total": {"outcome": {OutcomeSuccess, OutcomeClientError, OutcomeRateLimited, OutcomeServerError, OutcomeNetwork, OutcomeTimeout, OutcomeMalformed}},
 		"proxy_requests_total":    {"method_class": {"read", "write"}},
