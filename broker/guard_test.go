@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
+	"github.com/qtb-dev/qlik-token-broker/internal/clocktest"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
@@ -69,16 +70,6 @@ func fails(err error, first, last int64) func(context.Context, int64) (*qlik.Tok
 
 var discardLogger = slog.New(slog.DiscardHandler)
 
-// stepClock is a clock that moves only when told.
-type stepClock struct{ ns atomic.Int64 }
-
-func newStepClock() *stepClock {
-	c := &stepClock{}
-	c.ns.Store(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC).UnixNano())
-	return c
-}
-func (c *stepClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *stepClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // mapStore is a Store in a map, optionally failing every call.
 type mapStore struct {
@@ -141,19 +132,19 @@ type guardEnv struct {
 	g     *guard
 	next  *fakeIssuer
 	m     *metrics.Metrics
-	clock *stepClock
+	clock *clocktest.Clock
 }
 
 // newTestGuard is a guard for tenant "acme" around next, with the default
 // upstream configuration changed by tune.
 func newTestGuard(t *testing.T, next *fakeIssuer, tune func(*guardConfig)) *guardEnv {
 	t.Helper()
-	clk := newStepClock()
+	clk := clocktest.New(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	m := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{})
 	cfg := guardConfig{
 		tenant:   "acme",
 		upstream: DefaultUpstreamConfig(),
-		deps:     deps{m: m, log: discardLogger, now: clk.now},
+		deps:     deps{m: m, log: discardLogger, now: clk.Now},
 		jitter:   func(time.Duration) time.Duration { return 0 },
 	}
 	if tune != nil {
@@ -203,14 +194,14 @@ func TestGuardCooldownAfter429(t *testing.T) {
 				func(c *guardConfig) { c.cooldowns = store })
 			other := newTestGuard(t, &fakeIssuer{}, func(c *guardConfig) { c.cooldowns = store })
 			other.clock = e.clock
-			other.g.now = e.clock.now
+			other.g.now = e.clock.Now
 
 			_, err := e.token(t.Context())
 			var qe *qlik.Error
 			if ue := unavailable(t, err, CauseCooldown); ue.RetryAfter != tc.want || !errors.As(err, &qe) {
 				t.Fatalf("the 429 itself: Retry-After %v (want %v), err %v", ue.RetryAfter, tc.want, err)
 			}
-			e.clock.advance(tc.want - time.Second)
+			e.clock.Advance(tc.want - time.Second)
 			for name, g := range map[string]*guardEnv{"this replica": e, "another replica": other} {
 				_, err := g.token(t.Context())
 				if ue := unavailable(t, err, CauseCooldown); ue.RetryAfter != time.Second {
@@ -225,12 +216,12 @@ func TestGuardCooldownAfter429(t *testing.T) {
 			if got := e.rejections(CauseCooldown); got != 3 {
 				t.Fatalf("cooldown refusals counted: %v, want 3", got)
 			}
-			wantUntil := float64(e.clock.now().Add(time.Second).UnixMilli()) / 1000
+			wantUntil := float64(e.clock.Now().Add(time.Second).UnixMilli()) / 1000
 			if got := testutil.ToFloat64(e.m.UpstreamCooldownUntil.WithLabelValues("acme")); got != wantUntil {
 				t.Fatalf("cooldown gauge %v, want %v", got, wantUntil)
 			}
 
-			e.clock.advance(time.Second)
+			e.clock.Advance(time.Second)
 			if _, err := e.token(t.Context()); err != nil {
 				t.Fatalf("after the cooldown: %v", err)
 			}
