@@ -121,6 +121,9 @@ var errInvalidClient = &apiError{http.StatusUnauthorized, "invalid_client", "Una
 // not a 403 that would blame the user), scope within the client's allow-list
 // (400 invalid_scope).
 func (t *Tenant) handleToken(w http.ResponseWriter, r *http.Request) {
+	if t.tokenExchange(w, r) {
+		return // grant_type token-exchange (exchange.go)
+	}
 	req, apiErr := readOAuthRequest(r)
 	if apiErr != nil {
 		apiErr.write(w)
