@@ -69,7 +69,7 @@ func (a *API) preflight(c echo.Context) error {
 	h.Set(echo.HeaderAccessControlAllowOrigin, origin)
 	h.Set(echo.HeaderAccessControlAllowCredentials, "true")
 	h.Set(echo.HeaderAccessControlAllowMethods, "GET, POST, DELETE")
-	h.Set(echo.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Accept")
+	h.Set(echo.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Accept, "+RefusedTokenHeader)
 	h.Set(echo.HeaderAccessControlMaxAge, "600")
 	return c.NoContent(http.StatusNoContent)
 }
