@@ -32,6 +32,9 @@ func (a *API) originGuard(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		h.Set(echo.HeaderAccessControlAllowOrigin, origin)
 		h.Set(echo.HeaderAccessControlAllowCredentials, "true")
+		// A page's getAccessToken honours Retry-After on 429/503 (not a
+		// CORS-safelisted header, so unreadable unless exposed).
+		h[echo.HeaderAccessControlExposeHeaders] = hdrExposed
 		return next(c)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
@@ -43,12 +42,18 @@ import (
 //     L1, Redis, the invalidation broadcast) and a fresh one minted
 //     through the same guarded road, limits and budgets as any mint. Any
 //     other answer means the tenant still takes it: the same token is
-//     answered, and that verdict is remembered for reaskRecheck so a loop
-//     or many tabs cost one check. A check that fails (network, 5xx, 429)
-//     answers the same token and is not remembered.
+//     answered. A check that fails (network, 5xx, 429) answers the same
+//     token too.
+//
+// Checks are limited per identity on each replica (reaskBurst at once,
+// then one per reaskEvery): beyond that the same token is answered
+// unchecked, so a page in a loop costs a few users/me calls a minute and
+// never a token call. Concurrent claims about one token share one check.
+// Not a memo of accepted tokens: a stray 401 followed seconds later by a
+// real revocation must still be checked.
 //
 // The answer says which case it was in X-QTB-Refused-Token-Result
-// (mismatch, accepted, recent, refused, unchecked); the body is the usual
+// (mismatch, accepted, refused, unchecked, limited); the body is the usual
 // token answer. A malformed header is 400. The per-identity request rate
 // (limitUser) applies before any of this.
 
@@ -60,19 +65,23 @@ const RefusedTokenHeader = "X-QTB-Refused-Token"
 // refusedTokenResultHeader says what the broker made of the claim.
 const refusedTokenResultHeader = "X-QTB-Refused-Token-Result"
 
+// hdrExposed lists the answer headers a browser page may read (CORS).
+var hdrExposed = []string{echo.HeaderRetryAfter + ", " + refusedTokenResultHeader}
+
 // Outcomes of a refused-token claim.
 const (
 	reaskMismatch  = "mismatch"  // not the current token: answered it, no check
 	reaskAccepted  = "accepted"  // the tenant still takes it: answered it
-	reaskRecent    = "recent"    // accepted by a check less than reaskRecheck ago
 	reaskRefused   = "refused"   // the tenant refused it: evicted, a fresh one answered
 	reaskUnchecked = "unchecked" // the check failed: answered it as it is
+	reaskLimited   = "limited"   // too many checks for this identity: answered it unchecked
 )
 
 const (
-	// reaskRecheck is how long a token the tenant accepted is not checked
-	// again for the same identity on this replica.
-	reaskRecheck = 10 * time.Second
+	// reaskBurst checks at once, then one per reaskEvery, per identity and
+	// replica.
+	reaskBurst = 3
+	reaskEvery = 10 * time.Second
 	// reaskTimeout bounds one check at the tenant.
 	reaskTimeout = 10 * time.Second
 	// usersMePath is the check: any valid token may read it.
@@ -80,12 +89,12 @@ const (
 )
 
 // refusalChecker asks a tenant whether it still accepts a token, sharing
-// concurrent checks of one token and remembering recent acceptances.
+// concurrent checks of one token and limiting checks per identity.
 type refusalChecker struct {
-	client   *http.Client
-	accepted *cache.Memory[struct{}] // identity + token hash -> accepted recently
-	flight   singleflight.Group
-	log      *slog.Logger
+	client *http.Client
+	limit  *userLimiter
+	flight singleflight.Group
+	log    *slog.Logger
 }
 
 func newRefusalChecker(transport http.RoundTripper, now func() time.Time, log *slog.Logger) *refusalChecker {
@@ -94,8 +103,8 @@ func newRefusalChecker(transport http.RoundTripper, now func() time.Time, log *s
 			Transport:     transport,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		accepted: cache.NewMemory[struct{}](cache.MemoryOptions{Now: now}),
-		log:      log,
+		limit: newUserLimiter(1/reaskEvery.Seconds(), reaskBurst, now),
+		log:   log,
 	}
 }
 
@@ -151,17 +160,17 @@ func (a *API) refusedToken(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // check asks id's tenant whether it still accepts token and returns the
-// outcome: reaskAccepted, reaskRecent, reaskRefused or reaskUnchecked.
+// outcome: reaskAccepted, reaskRefused, reaskUnchecked or reaskLimited.
 func (r *refusalChecker) check(ctx context.Context, a *API, id session.Identity, token, sum string) string {
-	key := id.Tenant + "\x00" + id.UserField + "\x00" + id.UserValue + "\x00" + sum
-	if _, ok := r.accepted.Get(key); ok {
-		return reaskRecent
-	}
+	who := id.Tenant + "\x00" + id.UserField + "\x00" + id.UserValue
 	up, err := a.broker.tenantFor(id)
 	if err != nil {
 		return reaskUnchecked
 	}
-	v, _, _ := r.flight.Do(key, func() (any, error) {
+	v, _, _ := r.flight.Do(who+"\x00"+sum, func() (any, error) {
+		if _, ok := r.limit.allow(who); !ok {
+			return reaskLimited, nil
+		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reaskTimeout)
 		defer cancel()
 		status, err := r.ask(cctx, up.tenant.URL, token)
@@ -174,7 +183,6 @@ func (r *refusalChecker) check(ctx context.Context, a *API, id session.Identity,
 			r.log.InfoContext(ctx, "the tenant refused a token the broker holds; evicting it and issuing a new one", "tenant", up.tenant.ID)
 			return reaskRefused, nil
 		}
-		_ = r.accepted.Set(key, struct{}{}, reaskRecheck) // ttl > 0: cannot fail
 		return reaskAccepted, nil
 	})
 	return v.(string)

@@ -70,7 +70,8 @@ func TestReaskRefusedTokenIsReplaced(t *testing.T) {
 // TestReaskFalseClaimCostsNoTokenCall: a claim about a token the broker
 // does not hold is answered with the current token and no tenant call; a
 // claim about a token the tenant still accepts costs one users/me call
-// (then none for reaskRecheck) and no token call; a malformed claim is 400.
+// and no token call; beyond three checks in a row an identity's claims are
+// answered unchecked until the limit refills; a malformed claim is 400.
 func TestReaskFalseClaimCostsNoTokenCall(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	ada := e.addUser("Ada")
@@ -85,7 +86,9 @@ func TestReaskFalseClaimCostsNoTokenCall(t *testing.T) {
 	}{
 		{"unknown token", "not-a-token-we-gave", "mismatch", 0},
 		{"valid token", tok, "accepted", 1},
-		{"valid token again", tok, "recent", 1},
+		{"valid token again", tok, "accepted", 2},
+		{"and again", tok, "accepted", 3},
+		{"once too often", tok, "limited", 3},
 	} {
 		resp, got := e.reask(sess, tc.claim)
 		if resp.StatusCode != 200 || got != tok {
@@ -98,9 +101,9 @@ func TestReaskFalseClaimCostsNoTokenCall(t *testing.T) {
 			t.Errorf("%s: %d checks, want %d", tc.name, n, tc.checks)
 		}
 	}
-	e.clock.Advance(11 * time.Second)
-	if resp, got := e.reask(sess, tok); got != tok || resp.Header.Get("X-QTB-Refused-Token-Result") != "accepted" || checks() != 2 {
-		t.Errorf("after the recheck interval: same %v, result %q, %d checks, want accepted and 2",
+	e.clock.Advance(10 * time.Second)
+	if resp, got := e.reask(sess, tok); got != tok || resp.Header.Get("X-QTB-Refused-Token-Result") != "accepted" || checks() != 4 {
+		t.Errorf("after the limit refilled: same %v, result %q, %d checks, want accepted and 4",
 			got == tok, resp.Header.Get("X-QTB-Refused-Token-Result"), checks())
 	}
 	if n := e.tenant.Calls(qliktest.EndpointToken); n != 0 {
@@ -113,7 +116,7 @@ func TestReaskFalseClaimCostsNoTokenCall(t *testing.T) {
 			t.Errorf("claim %q: %d %s, want 400 bad_request", bad, resp.StatusCode, body)
 		}
 	}
-	if checks() != 2 || e.tenant.Calls(qliktest.EndpointToken) != 0 {
+	if checks() != 4 || e.tenant.Calls(qliktest.EndpointToken) != 0 {
 		t.Error("malformed claims reached the tenant")
 	}
 }

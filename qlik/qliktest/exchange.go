@@ -121,6 +121,12 @@ func (t *Tenant) Exchanges(purpose string) int {
 	return t.exchange.count[purpose]
 }
 
+func (x *exchangeState) resetCount() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	clear(x.count)
+}
+
 // exchangeRequest is the body of a token-exchange request.
 type exchangeRequest struct {
 	GrantType        string `json:"grant_type"`

@@ -472,9 +472,11 @@ func (t *Tenant) WriteCalls() int {
 	return t.writes
 }
 
-// ResetCounters zeroes Calls, WriteCalls, UserTokenCalls and IssuedTokens.
-// Tenant state (clients, users, tokens, faults, rate-limit window) is kept.
+// ResetCounters zeroes Calls, WriteCalls, UserTokenCalls, IssuedTokens and
+// Exchanges. Tenant state (clients, users, tokens, faults, rate-limit
+// window) is kept.
 func (t *Tenant) ResetCounters() {
+	t.exchange.resetCount()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	clear(t.calls)

@@ -18,12 +18,23 @@
 // Results are written to the element as text and to data-qliktest-*.
 import apps from "./qlik-api/apps.js";
 
+// describe names an error for the test's log: @qlik/api's errors carry
+// status and data rather than a message.
+function describe(e) {
+  if (!e) return String(e);
+  const parts = [e.name, e.message, e.status, e.title];
+  try {
+    parts.push(JSON.stringify(e.data || e.errors));
+  } catch {}
+  return parts.filter((p) => p !== undefined && p !== "").join(" ") || String(e);
+}
+
 async function restCall(hostConfig, appId) {
   try {
     const r = await apps.getAppInfo(appId, { hostConfig, noCache: true });
     return { status: r.status, data: r.data };
   } catch (e) {
-    return { status: e.status || 0, error: String(e && (e.message || e)) };
+    return { status: (e && e.status) || 0, error: describe(e) };
   }
 }
 
@@ -33,7 +44,7 @@ async function engineCall(hostConfig, appId, message) {
   try {
     params = await auth.getWebSocketAuthParams({ hostConfig });
   } catch (e) {
-    return { opened: false, error: "exchange: " + String(e && (e.message || e)) };
+    return { opened: false, error: "exchange: " + describe(e) };
   }
   const query = new URLSearchParams(params.queryParams || {}).toString();
   const url = auth.toValidWebsocketLocationUrl(hostConfig) + "/app/" + encodeURIComponent(appId) + (query ? "?" + query : "");
