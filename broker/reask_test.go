@@ -174,3 +174,21 @@ func TestReaskEvictsOnEveryReplica(t *testing.T) {
 		t.Errorf("%d token calls over both replicas, want 2 (the first and the replacement)", n)
 	}
 }
+
+// TestReaskFromTheBrowser: the preflight allows the header, and pages may
+// read Retry-After and the result header.
+func TestReaskFromTheBrowser(t *testing.T) {
+	const origin = "https://app.example.com"
+	e := newEnv(t, envOptions{origins: []string{origin}})
+	resp, _ := e.do("OPTIONS", "/v1/token", "", map[string]string{"Origin": origin,
+		"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-qtb-refused-token"})
+	if resp.StatusCode != 204 || !strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), broker.RefusedTokenHeader) {
+		t.Errorf("preflight: %d, Allow-Headers %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Headers"))
+	}
+	ada := e.addUser("Ada")
+	resp, _ = e.do("POST", "/v1/token", e.session(ada.ID), map[string]string{"Origin": origin})
+	if got := resp.Header.Get("Access-Control-Expose-Headers"); resp.StatusCode != 200 ||
+		!strings.Contains(got, "Retry-After") || !strings.Contains(got, "X-QTB-Refused-Token-Result") {
+		t.Errorf("token answer: %d, Expose-Headers %q", resp.StatusCode, got)
+	}
+}

@@ -147,6 +147,7 @@ func (a *API) routes(e *echo.Echo, sessionMW, serviceMW, bodyLimit echo.Middlewa
 	e.GET("/readyz", a.readyz)
 
 	e.OPTIONS("/v1/token", a.preflight)
+	// refusedToken (reask.go) answers requests naming a refused token.
 	token := chain(a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser, a.refusedToken)
 	e.GET("/v1/token", token)
 	e.POST("/v1/token", token)
