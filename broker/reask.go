@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/qtb-dev/qlik-token-broker/metrics"
 	"github.com/qtb-dev/qlik-token-broker/session"
 )
 
@@ -68,13 +69,14 @@ const refusedTokenResultHeader = "X-QTB-Refused-Token-Result"
 // hdrExposed lists the answer headers a browser page may read (CORS).
 var hdrExposed = []string{echo.HeaderRetryAfter + ", " + refusedTokenResultHeader}
 
-// Outcomes of a refused-token claim.
+// Outcomes of a refused-token claim: the result header's values and the
+// label values of the claims metric.
 const (
-	reaskMismatch  = "mismatch"  // not the current token: answered it, no check
-	reaskAccepted  = "accepted"  // the tenant still takes it: answered it
-	reaskRefused   = "refused"   // the tenant refused it: evicted, a fresh one answered
-	reaskUnchecked = "unchecked" // the check failed: answered it as it is
-	reaskLimited   = "limited"   // too many checks for this identity: answered it unchecked
+	reaskMismatch  = metrics.ClaimMismatch
+	reaskAccepted  = metrics.ClaimAccepted
+	reaskRefused   = metrics.ClaimRefused
+	reaskUnchecked = metrics.ClaimUnchecked
+	reaskLimited   = metrics.ClaimLimited
 )
 
 const (
@@ -137,11 +139,11 @@ func (a *API) refusedToken(next echo.HandlerFunc) echo.HandlerFunc {
 			return err
 		}
 		have := sha256.Sum256(cur.text)
-		if subtle.ConstantTimeCompare(have[:], sum) != 1 {
-			c.Response().Header().Set(refusedTokenResultHeader, reaskMismatch)
-			return a.writeToken(c, cur)
+		result := reaskMismatch
+		if subtle.ConstantTimeCompare(have[:], sum) == 1 {
+			result = a.reask.check(ctx, a, id, cur.tok.AccessToken, hex.EncodeToString(have[:]))
 		}
-		result := a.reask.check(ctx, a, id, cur.tok.AccessToken, hex.EncodeToString(have[:]))
+		a.m.RefusedTokenClaims.WithLabelValues(result).Inc()
 		c.Response().Header().Set(refusedTokenResultHeader, result)
 		if result != reaskRefused {
 			return a.writeToken(c, cur)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/qtb-dev/qlik-token-broker/broker"
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -108,6 +110,11 @@ func TestReaskFalseClaimCostsNoTokenCall(t *testing.T) {
 	}
 	if n := e.tenant.Calls(qliktest.EndpointToken); n != 0 {
 		t.Errorf("false claims cost %d token calls, want 0", n)
+	}
+	for result, want := range map[string]float64{"mismatch": 1, "accepted": 4, "limited": 1, "refused": 0} {
+		if got := testutil.ToFloat64(e.metrics.RefusedTokenClaims.WithLabelValues(result)); got != want {
+			t.Errorf("refused_claims_total{result=%q} = %v, want %v", result, got, want)
+		}
 	}
 
 	for _, bad := range []string{"abc", "sha256:abc", "sha1:" + strings.Repeat("0", 64), "sha256:" + strings.Repeat("A", 64), "sha256:" + strings.Repeat("g", 64)} {

@@ -42,6 +42,12 @@ var runtimeChunk = regexp.MustCompile(`import\("\./((auth|invoke-fetch|qix)-[A-Z
 // node_modules/@qlik/api). QlikMain.import answers "auth@v1",
 // "invoke-fetch@v1" and "qix@v1" with @qlik/api's implementation chunks,
 // found in the package. Without a call, /qlik-embed/ answers 404.
+//
+// The auth and invoke-fetch chunks load in a browser as they are. The qix
+// chunk imports bare specifiers (enigma.js, lodash-es, extend) that a
+// browser cannot resolve without an import map, so @qlik/api's qix
+// (openAppSession) does not run on the stand-in; embed-vanilla.js opens the
+// engine websocket itself with @qlik/api's getWebSocketAuthParams.
 func (t *Tenant) ServeEmbedRuntime(qlikAPI fs.FS) error {
 	matches, err := fs.Glob(qlikAPI, "chunks/public-runtime-modules-*.js")
 	if err != nil || len(matches) != 1 {
