@@ -110,9 +110,11 @@ type brokerCall struct {
 type recordingFront struct {
 	mu    sync.Mutex
 	calls []brokerCall
-	// dropTokens drops this many POST /v1/token connections without an
-	// answer (a broker restarting), recording each as status 0.
-	dropTokens int
+	// failTokens answers this many POST /v1/token requests with a bare 502
+	// and no CORS headers, as an ingress does while the broker restarts:
+	// the page sees a network error (TypeError). (Dropping the connection
+	// instead would let Chromium resend the POST on its own.)
+	failTokens int
 }
 
 func (f *recordingFront) handler(t *testing.T, target string) http.Handler {
@@ -132,30 +134,28 @@ func (f *recordingFront) handler(t *testing.T, target string) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		drop := r.Method == http.MethodPost && r.URL.Path == "/v1/token" && f.dropTokens > 0
-		if drop {
-			f.dropTokens--
-			f.calls = append(f.calls, brokerCall{method: r.Method, path: r.URL.Path, refused: r.Header.Get("X-QTB-Refused-Token"), at: time.Now()})
+		fail := r.Method == http.MethodPost && r.URL.Path == "/v1/token" && f.failTokens > 0
+		if fail {
+			f.failTokens--
+			f.calls = append(f.calls, brokerCall{method: r.Method, path: r.URL.Path, refused: r.Header.Get("X-QTB-Refused-Token"),
+				status: http.StatusBadGateway, at: time.Now()})
 		}
 		f.mu.Unlock()
-		if drop {
-			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-				_ = conn.Close()
-				return
-			}
-			panic(http.ErrAbortHandler)
+		if fail {
+			http.Error(w, "broker restarting", http.StatusBadGateway)
+			return
 		}
 		rp.ServeHTTP(w, r)
 	})
 }
 
-func (f *recordingFront) drop(n int) {
+func (f *recordingFront) fail(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.dropTokens = n
+	f.failTokens = n
 }
 
-// statuses lists the statuses of calls (0: dropped).
+// statuses lists the statuses of calls.
 func statuses(calls []brokerCall) []int {
 	var out []int
 	for _, c := range calls {
@@ -219,7 +219,9 @@ type embedResult struct {
 //     names the token, the broker checks it and answers the same token,
 //     with no token call; the retry is 200;
 //   - getAccessToken retrying through the broker's 503 (the tenant's 429
-//     cooldown) and succeeding.
+//     cooldown, Retry-After honoured) and through network errors, and
+//     giving a clear error when the broker stays unreachable or the
+//     cooldown is too long to wait.
 //
 // What it does not exercise: Qlik's real UI runtime (unpublished) and the
 // engine protocol (the stand-in opens the websocket with @qlik/api's
@@ -480,22 +482,31 @@ func TestBrowserEmbedWithQlikCode(t *testing.T) {
 	}
 	t.Logf("getAccessToken through a 503: broker answers %v, then the embed mounted", statuses(calls))
 
-	// A network error (the broker restarting): the connection drops,
-	// getAccessToken backs off and tries again.
-	front.drop(2)
+	// A network error (the broker restarting behind an ingress): two
+	// answers the page may not read; getAccessToken backs off and tries
+	// again.
+	front.fail(2)
 	mark = front.len()
 	tok, err := chromedp.Run(bctx, chromedp.Evaluate[string](`getAccessToken()`, chromedp.EvalAwaitPromise))
 	if err != nil {
-		t.Fatalf("getAccessToken through dropped connections: %v\n%s", err, diag())
+		t.Fatalf("getAccessToken through network errors: %v\n%s", err, diag())
 	}
 	if u, err := tn.TokenUser(tok); err != nil || u.ID != bob.ID {
-		t.Errorf("getAccessToken through dropped connections returned a token for %q (%v), want Bob's", u.ID, err)
+		t.Errorf("getAccessToken through network errors returned a token for %q (%v), want Bob's", u.ID, err)
 	}
 	calls = front.tokenCalls(mark)
-	if got := statuses(calls); len(got) != 3 || got[0] != 0 || got[1] != 0 || got[2] != 200 {
-		t.Errorf("getAccessToken through dropped connections: broker answers %v, want [0 0 200]", got)
+	if got := statuses(calls); len(got) != 3 || got[0] != 502 || got[1] != 502 || got[2] != 200 {
+		t.Errorf("getAccessToken through network errors: answers %v, want [502 502 200] (the 502s unreadable)", got)
 	}
-	t.Logf("getAccessToken through dropped connections: %v", statuses(calls))
+	t.Logf("getAccessToken through network errors: %v", statuses(calls))
+
+	// Unreachable every time: a clear error after the last attempt.
+	front.fail(4)
+	mark = front.len()
+	msg, err := chromedp.Run(bctx, chromedp.Evaluate[string](`getAccessToken().then(t => "token", e => e.name + ": " + e.message)`, chromedp.EvalAwaitPromise))
+	if err != nil || !strings.HasPrefix(msg, "TypeError: token broker unreachable after 4 attempts") || len(front.tokenCalls(mark)) != 4 {
+		t.Errorf("getAccessToken with the broker gone: %q (%v) after %d requests, want 4 and a clear error", msg, err, len(front.tokenCalls(mark)))
+	}
 
 	// An outage, not a transient: a Retry-After beyond what a page should
 	// wait gives a clear error at once (the tenant's 429 asks for 10
@@ -504,7 +515,7 @@ func TestBrowserEmbedWithQlikCode(t *testing.T) {
 	signIn(carol.ID)
 	tn.InjectFault(qliktest.EndpointToken, qliktest.Fault{Status: 429, RetryAfter: "600"})
 	mark = front.len()
-	msg, err := chromedp.Run(bctx, chromedp.Evaluate[string](`getAccessToken().then(t => "token", e => e.message)`, chromedp.EvalAwaitPromise))
+	msg, err = chromedp.Run(bctx, chromedp.Evaluate[string](`getAccessToken().then(t => "token", e => e.message)`, chromedp.EvalAwaitPromise))
 	if err != nil || msg != "token broker: 503, retry after 600s" || len(front.tokenCalls(mark)) != 1 {
 		t.Errorf("getAccessToken in a long cooldown: %q (%v) after %d requests, want one request and \"token broker: 503, retry after 600s\"",
 			msg, err, len(front.tokenCalls(mark)))
