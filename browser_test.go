@@ -63,7 +63,10 @@ func TestBrowserGetAccessToken(t *testing.T) {
 			return
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write([]byte(strings.Replace(string(page), placeholder, `content="`+brokerURL.Load().(string)+`"`, 1)))
+		// The page's qlik-embed script is not loaded here (no network;
+		// TestBrowserEmbedWithQlikCode runs it): only getAccessToken is.
+		_, _ = w.Write([]byte(strings.NewReplacer(placeholder, `content="`+brokerURL.Load().(string)+`"`,
+			embedScriptPlaceholder, "/no-embed-script.js").Replace(string(page))))
 	})
 	appA := httptest.NewServer(servePage)
 	t.Cleanup(appA.Close)

@@ -32,6 +32,9 @@ func (a *API) originGuard(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		h.Set(echo.HeaderAccessControlAllowOrigin, origin)
 		h.Set(echo.HeaderAccessControlAllowCredentials, "true")
+		// A page's getAccessToken honours Retry-After on 429/503 (not a
+		// CORS-safelisted header, so unreadable unless exposed).
+		h[echo.HeaderAccessControlExposeHeaders] = hdrExposed
 		return next(c)
 	}
 }
@@ -69,7 +72,7 @@ func (a *API) preflight(c echo.Context) error {
 	h.Set(echo.HeaderAccessControlAllowOrigin, origin)
 	h.Set(echo.HeaderAccessControlAllowCredentials, "true")
 	h.Set(echo.HeaderAccessControlAllowMethods, "GET, POST, DELETE")
-	h.Set(echo.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Accept")
+	h.Set(echo.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Accept, "+RefusedTokenHeader)
 	h.Set(echo.HeaderAccessControlMaxAge, "600")
 	return c.NoContent(http.StatusNoContent)
 }

@@ -55,6 +55,7 @@ type API struct {
 	proxyCfg       ProxyConfig
 	proxyTransport http.RoundTripper
 	users          *userLimiter // nil: no per-identity limit
+	reask          *refusalChecker
 	origins        map[string]bool
 	ready          func(ctx context.Context) error
 	m              *metrics.Metrics
@@ -108,6 +109,8 @@ func NewAPI(cfg APIConfig) *echo.Echo {
 		a.proxyTransport = t
 	}
 
+	a.reask = newRefusalChecker(a.proxyTransport, cfg.Broker.now, a.log)
+
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
@@ -147,7 +150,8 @@ func (a *API) routes(e *echo.Echo, sessionMW, serviceMW, bodyLimit echo.Middlewa
 	e.GET("/readyz", a.readyz)
 
 	e.OPTIONS("/v1/token", a.preflight)
-	token := chain(a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser)
+	// refusedToken (reask.go) answers requests naming a refused token.
+	token := chain(a.token, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin, a.limitUser, a.refusedToken)
 	e.GET("/v1/token", token)
 	e.POST("/v1/token", token)
 	e.DELETE("/v1/token", chain(a.logout, a.originGuard, bodyLimit, sessionMW, a.tenantOrigin))

@@ -69,6 +69,15 @@ const (
 // from a remembered refusal of the same user, without a token call.
 const RejectRememberedRefusal = "remembered_refusal"
 
+// Refused-token claim outcomes, the label values of RefusedTokenClaims.
+const (
+	ClaimMismatch  = "mismatch"  // not the token the broker holds: answered it, no tenant call
+	ClaimAccepted  = "accepted"  // the tenant still takes it: answered it
+	ClaimRefused   = "refused"   // the tenant refused it: evicted, a fresh one answered
+	ClaimUnchecked = "unchecked" // the check failed: answered it as it is
+	ClaimLimited   = "limited"   // too many checks for the identity: answered it unchecked
+)
+
 // Breaker states, the values of UpstreamBreakerState.
 const (
 	BreakerClosed   = 0
@@ -136,6 +145,9 @@ type Metrics struct {
 	// RedisDegraded is 1 while the Redis circuit breaker is open and the
 	// broker runs on its in-process cache alone.
 	RedisDegraded prometheus.Gauge
+	// RefusedTokenClaims counts token requests that named a refused token
+	// (X-QTB-Refused-Token), by outcome.
+	RefusedTokenClaims *prometheus.CounterVec
 }
 
 // NewRegistry returns a registry holding the Go runtime and process
@@ -242,6 +254,10 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "redis", Name: "degraded",
 			Help: "1 while Redis is considered down and tokens come from the in-process cache and the tenant.",
 		}),
+		RefusedTokenClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "refused_claims_total",
+			Help: "Token requests that named a token as refused, by outcome (mismatch, accepted, refused, unchecked, limited).",
+		}, []string{"result"}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
@@ -254,6 +270,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		m.Refreshes, m.Leases, m.UnsealFailures, m.RedisErrors, m.RedisDegraded,
 		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
 		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, m.ProxyRequests, m.ProxyDuration, buildInfo)
+	reg.MustRegister(m.RefusedTokenClaims)
 	return m
 }
 

@@ -67,3 +67,12 @@ func (t *Tenant) originAllowed(origin string) bool {
 	}
 	return false
 }
+
+// clientAllowsOrigin reports whether client id lists origin in its allowed
+// origins.
+func (t *Tenant) clientAllowsOrigin(id, origin string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.clients[id]
+	return ok && slices.Contains(c.AllowedOrigins, origin)
+}

@@ -114,6 +114,9 @@ func decodeLookup(raw json.RawMessage) (l *userLookup, invalid bool) {
 // misconfiguration, so not a 403 that would blame the user), scope within
 // the client's allow-list (400).
 func (t *Tenant) handleToken(w http.ResponseWriter, r *http.Request) {
+	if t.tokenExchange(w, r) {
+		return // grant_type token-exchange (exchange.go)
+	}
 	req, apiErr := readOAuthRequest(r)
 	if apiErr != nil {
 		apiErr.write(w)
