@@ -70,7 +70,6 @@ func fails(err error, first, last int64) func(context.Context, int64) (*qlik.Tok
 
 var discardLogger = slog.New(slog.DiscardHandler)
 
-
 // mapStore is a Store in a map, optionally failing every call.
 type mapStore struct {
 	mu   sync.Mutex

@@ -176,7 +176,7 @@ func (t *Tenant) answerExchange(w http.ResponseWriter, req exchangeRequest) {
 		badRequest("subject_token is required.").write(w)
 		return
 	case req.SubjectTokenType != "" && req.SubjectTokenType != tokenTypeAccessToken:
-		badRequest("subject_token_type must be "+tokenTypeAccessToken+".").write(w)
+		badRequest("subject_token_type must be " + tokenTypeAccessToken + ".").write(w)
 		return
 	case req.Purpose != PurposeWebsocket && req.Purpose != PurposeWebresource:
 		badRequest("purpose must be websocket or webresource.").write(w)
