@@ -217,6 +217,9 @@ func classify(err error) apiError {
 	case errors.Is(err, errLogoutIncomplete):
 		return apiError{status: http.StatusServiceUnavailable, code: "logout_incomplete",
 			message: "the token cache could not be reached; the logout is retried, ask again to confirm", retryAfter: 5 * time.Second}
+	case errors.Is(err, errRefusedAgain):
+		return apiError{status: http.StatusBadGateway, code: "upstream_rejected",
+			message: "the Qlik tenant refused a fresh token for this request too"}
 	case errors.Is(err, errPathNotAllowed):
 		return apiError{status: http.StatusForbidden, code: "path_not_allowed",
 			message: "this path may not be reached through the broker"}

@@ -196,12 +196,20 @@ func (b *Broker) servable(tok qlik.Token, now time.Time) bool {
 // tenant refused it: revoked or expired early) and returns a fresh one.
 // Concurrent callers holding the same stale token share one new token.
 func (b *Broker) Reissue(ctx context.Context, id session.Identity, stale string) (qlik.Token, error) {
+	return b.reissue(ctx, id, stale, false)
+}
+
+// reissue is Reissue. confirmed says the tenant itself refused stale (the
+// re-ask's check at the tenant), so a token minted for an earlier refusal
+// being refused too is news, not a request the tenant refuses whatever the
+// token: the again-guard does not apply.
+func (b *Broker) reissue(ctx context.Context, id session.Identity, stale string, confirmed bool) (qlik.Token, error) {
 	up, user, err := b.resolve(ctx, id)
 	if err != nil {
 		return qlik.Token{}, err
 	}
 	k := b.keysFor(up, user)
-	if again, ok := b.reissued.Get(k.token); ok && again == stale {
+	if again, ok := b.reissued.Get(k.token); ok && again == stale && !confirmed {
 		// The token minted for the last 401 got one too: the tenant
 		// refuses the request, not the token. Another token would not
 		// help, and would cost a token call per request.

@@ -150,7 +150,7 @@ func (a *API) refusedToken(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		// Evicted everywhere, then minted like any cold key: the guard,
 		// its limits and the per-user budget apply.
-		if _, err := a.broker.Reissue(ctx, id, cur.tok.AccessToken); err != nil {
+		if _, err := a.broker.reissue(ctx, id, cur.tok.AccessToken, true); err != nil {
 			return err
 		}
 		fresh, err := a.broker.token(ctx, id)
