@@ -26,6 +26,12 @@ type recovery struct {
 	probeEvery time.Duration // <= 0: no PINGs
 	sentinels  *redis.FailoverOptions
 	newBreaker func() *gobreaker.CircuitBreaker[struct{}]
+	// newClient makes a client like the one in use, for PINGs. Each PING
+	// has a client of its own: go-redis stops dialling for a second once a
+	// pool's dials have failed PoolSize times (and only a background dial
+	// resets that), so PINGs through the client in use would keep it from
+	// reaching Redis for up to a second after Redis is back.
+	newClient func() redis.UniversalClient
 
 	mu      sync.Mutex
 	running bool
@@ -34,8 +40,9 @@ type recovery struct {
 	cancel  context.CancelFunc // of the running recovery
 }
 
-func (rc *recovery) configure(opts RedisOptions, sentinels *redis.FailoverOptions) {
+func (rc *recovery) configure(opts RedisOptions, newClient func() redis.UniversalClient, sentinels *redis.FailoverOptions) {
 	rc.probeEvery = cmp.Or(opts.BreakerProbe, DefaultBreakerProbe)
+	rc.newClient = newClient
 	rc.sentinels = sentinels
 }
 
@@ -109,21 +116,38 @@ func (r *Redis) recoverBreaker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-switched:
-			r.closeBreaker()
-			return
-		case <-tick:
-			if !r.degraded.Load() {
+			if r.answers(ctx, false) {
 				return
 			}
-			pctx, pcancel := context.WithTimeout(ctx, max(rc.probeEvery, DefaultRedisTimeout))
-			err := r.client.Ping(pctx).Err()
-			pcancel()
-			if err == nil {
-				r.closeBreaker()
+		case <-tick:
+			if !r.degraded.Load() || r.answers(ctx, true) {
 				return
 			}
 		}
 	}
+}
+
+// answers closes the breaker and returns true if Redis answers a PING:
+// first (with probe) from a client of its own, which dials Redis whatever
+// the client in use has been through, then from the client in use, which
+// may still refuse to dial for a while after go-redis' own dial breaker
+// tripped (closing ours then would only see calls fail and open it again).
+func (r *Redis) answers(ctx context.Context, probe bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, max(r.recovery.probeEvery, DefaultRedisTimeout))
+	defer cancel()
+	if probe {
+		c := r.recovery.newClient()
+		err := c.Ping(ctx).Err()
+		_ = c.Close()
+		if err != nil {
+			return false
+		}
+	}
+	if r.client.Ping(ctx).Err() != nil {
+		return false
+	}
+	r.closeBreaker()
+	return true
 }
 
 // closeBreaker replaces the open breaker with a closed one: gobreaker

@@ -167,7 +167,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	}
 	client := newClient()
 	r := &Redis{client: client, notifier: stateNotifier{fn: opts.OnStateChange}}
-	r.recovery.configure(opts, sentinels)
+	r.recovery.configure(opts, newClient, sentinels)
 	failures := cmp.Or(opts.BreakerFailures, DefaultBreakerFailures)
 	settings := gobreaker.Settings{
 		Name:    "redis",
