@@ -124,8 +124,11 @@ type Config struct {
 	// NoL1 turns the in-process token cache off, which only makes sense
 	// with Shared (benchmarks of the Redis path).
 	NoL1 bool
-	// L1TTL caps how long a token stays in L1 when Shared is set, bounding
-	// how stale a replica can be if it misses an invalidation. Default 5m.
+	// L1TTL bounds how long a token is served from L1 without asking Shared
+	// again, and so how stale a replica can be if it misses an
+	// invalidation. The token stays in L1 for its own life: while Shared
+	// cannot answer it is still served, and a Shared that lost it gets it
+	// back (recheck.go). Default 5m.
 	L1TTL time.Duration
 	// Shared is Redis, or nil to run on L1 alone.
 	Shared Shared

@@ -254,3 +254,36 @@ func TestReplicaRollCostsNoTokenCalls(t *testing.T) {
 		t.Fatalf("the roll cost %d token calls, want 0", calls)
 	}
 }
+
+// TestL1CheckAdoptsNewerToken: a replica's L1 check finds the token
+// another replica refreshed and serves that one, with no call of its own.
+func TestL1CheckAdoptsNewerToken(t *testing.T) {
+	d := newDeployment(t, 0, newKeyring(t, "k1"))
+	d.tune = func(c *broker.Config) { c.L1TTL = time.Minute }
+	a, b := d.add(d.keyring), d.add(d.keyring)
+	id := a.addUser("ada").ID
+	sess := a.session(id)
+	_, t1 := getToken(a.srv.Client(), a.srv.URL, sess)
+	if _, got := getToken(b.srv.Client(), b.srv.URL, sess); got != t1 {
+		t.Fatal("the second replica did not get the first one's token")
+	}
+	// Into the refresh-ahead window: b serves t1 and refreshes it.
+	d.clock.Advance(6*time.Hour - 30*time.Minute)
+	sess = a.session(id)
+	if _, got := getToken(b.srv.Client(), b.srv.URL, sess); got != t1 {
+		t.Fatal("b did not serve its token while refreshing it")
+	}
+	d.waitBackground()
+	_, t2 := getToken(b.srv.Client(), b.srv.URL, sess)
+	if t2 == t1 {
+		t.Fatal("b did not refresh")
+	}
+	// a's copy is due a check, which finds t2.
+	if _, got := getToken(a.srv.Client(), a.srv.URL, sess); got != t2 {
+		t.Fatal("a's L1 check did not adopt the refreshed token")
+	}
+	d.waitBackground()
+	if n := d.tenant.Calls(qliktest.EndpointToken); n != 2 {
+		t.Fatalf("%d token calls, want 2 (the first token and one refresh)", n)
+	}
+}
