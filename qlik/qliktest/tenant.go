@@ -64,6 +64,7 @@ type Tenant struct {
 	lifetime  time.Duration
 	latency   time.Duration
 	rateLimit int
+	quota     quota // quota.go
 	key       *ecdsa.PrivateKey
 	mux       *http.ServeMux
 	srv       *http.Server
@@ -152,6 +153,7 @@ func NewOnAddr(addr string, opts ...Option) (*Tenant, error) {
 	for _, o := range opts {
 		o(t)
 	}
+	t.compress()
 	t.mux = t.newMux()
 
 	ln, err := net.Listen("tcp", addr)
