@@ -206,6 +206,7 @@ type Broker struct {
 	// a failed or skipped one.
 	refreshMu  sync.Mutex
 	refreshing map[string]time.Time // key -> not before (zero while running)
+	nextHeal   atomic.Int64         // Unix ns: no L1-to-Redis heal before (recheck.go)
 	bg         sync.WaitGroup
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc

@@ -40,11 +40,12 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 		b.putL1(k.token, cur) // a refresh or a reissue elsewhere
 		return cur
 	case sharedAbsent:
-		if b.loggedOut(ctx, k) {
+		if b.loggedOut(ctx, k.token) {
 			b.deleteL1(k.token)
 			return nil
 		}
 		b.reseed(ctx, k.token, c, now)
+		b.healSoon(now)
 		return c
 	}
 	// Redis did not answer (error, breaker open), or holds a value this
@@ -60,7 +61,41 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 // L1 copy on every replica that hears it, so a replica that missed it
 // could put a logged-out (revoked) token back; the tenant then refuses it
 // and Reissue replaces it.
-func (b *Broker) loggedOut(context.Context, keys) bool { return false }
+func (b *Broker) loggedOut(context.Context, string) bool { return false }
+
+// healSoon starts putting back every token this replica holds, at most
+// once per L1TTL: a key missing from Redis while L1 holds it almost always
+// means Redis lost them all (a FLUSHALL, a failover that lost writes, a
+// restart without persistence), and waiting for each one's own check would
+// leave the other replicas minting for users this one holds meanwhile.
+func (b *Broker) healSoon(now time.Time) {
+	next := b.nextHeal.Load()
+	if now.UnixNano() < next || !b.nextHeal.CompareAndSwap(next, now.Add(b.l1TTL).UnixNano()) {
+		return
+	}
+	b.refreshMu.Lock() // b.bg.Add must not race Close's Wait
+	defer b.refreshMu.Unlock()
+	if b.bgCtx.Err() != nil {
+		return
+	}
+	b.bg.Add(1)
+	go func() {
+		defer b.bg.Done()
+		keys, values := b.l1.Snapshot()
+		healed := 0
+		for i, key := range keys {
+			if b.bgCtx.Err() != nil {
+				return
+			}
+			ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
+			if !b.loggedOut(ctx, key) && b.reseed(ctx, key, values[i], b.now()) {
+				healed++
+			}
+			cancel()
+		}
+		b.log.Info("put the tokens held in L1 back into Redis, which had lost one", "held", len(keys), "stored", healed)
+	}()
+}
 
 // seeder stores a value only where there is none, so a replica healing
 // Redis never overwrites a token another replica has stored meanwhile.
@@ -72,23 +107,25 @@ type seeder interface {
 var _ seeder = (*cache.Redis)(nil)
 
 // reseed puts the L1 copy c back into Redis for the rest of its servable
-// life, sealed as usual. Failures are counted and otherwise ignored: the
-// copy is served anyway, and the next check tries again.
-func (b *Broker) reseed(ctx context.Context, key string, c *cached, now time.Time) {
+// life, sealed as usual, unless Redis holds a token for the key, and
+// reports whether it stored it. Failures are counted and otherwise
+// ignored: the copy is served anyway, and the next check tries again.
+func (b *Broker) reseed(ctx context.Context, key string, c *cached, now time.Time) bool {
 	ttl := b.cacheTTL(c.tok, now)
 	if ttl <= 0 {
-		return
+		return false
 	}
 	value := b.seal(key, c.tok)
+	stored := true
 	var err error
 	if s, ok := b.shared.(seeder); ok {
-		_, err = s.SetIfAbsent(ctx, key, value, ttl)
+		stored, err = s.SetIfAbsent(ctx, key, value, ttl)
 	} else {
 		err = b.shared.Set(ctx, key, value, ttl)
 	}
 	if err != nil {
 		b.redisError(ctx, "set", err)
-		return
+		return false
 	}
-	b.log.DebugContext(ctx, "put a token held in L1 back into Redis")
+	return stored
 }

@@ -287,3 +287,30 @@ func TestL1CheckAdoptsNewerToken(t *testing.T) {
 		t.Fatalf("%d token calls, want 2 (the first token and one refresh)", n)
 	}
 }
+
+// TestFlushHealedAtOnce: the first check that finds a held token missing
+// puts back every token the replica holds, not just that one, so the
+// other replicas stop minting for its users within one check.
+func TestFlushHealedAtOnce(t *testing.T) {
+	d := newDeployment(t, 0, newKeyring(t, "k1"))
+	d.tune = func(c *broker.Config) { c.L1TTL = time.Minute }
+	a := d.add(d.keyring)
+	ids, sessions := warmUsers(t, []*env{a}, 100, "user")
+	minted := d.tenant.Calls(qliktest.EndpointToken)
+	d.redis.FlushAll(t)
+	d.clock.Advance(time.Minute)
+	getToken(a.srv.Client(), a.srv.URL, sessions[0]) // its check finds the key gone
+	d.waitBackground()
+	healed := keysInRedis(t, d.redis.Client(t), a, ids)
+	fresh := d.add(d.keyring)
+	for i := range ids {
+		if code, tok := getToken(fresh.srv.Client(), fresh.srv.URL, sessions[i]); code != 200 || fresh.tokenUser(tok) != ids[i] {
+			t.Fatalf("fresh replica: %d, or a foreign token", code)
+		}
+	}
+	calls := d.tenant.Calls(qliktest.EndpointToken) - minted
+	t.Logf("FLUSHALL, then one request: %d of %d tokens back in Redis; a fresh replica made %d token calls", healed, len(ids), calls)
+	if healed != len(ids) || calls != 0 {
+		t.Fatalf("healed %d of %d, %d token calls; want all and none", healed, len(ids), calls)
+	}
+}
