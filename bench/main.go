@@ -10,6 +10,7 @@
 //	go run ./bench -out bench/results                  # the suite, about 7 minutes on 2 cores
 //	go run ./bench -quick -out /tmp/bench              # a 1-minute smoke run
 //	go run ./bench -from bench/results/results.json -markdown docs/benchmarks.md
+//	go run ./bench -day -out bench/results/day       # a compressed working day (docs/capacity.md), 10 minutes
 //
 // The run writes results.json and PNG plots to -out. With -markdown it also
 // rewrites the generated section of that file (between its BEGIN/END
