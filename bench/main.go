@@ -10,6 +10,7 @@
 //	go run ./bench -out bench/results                  # the suite, about 7 minutes on 2 cores
 //	go run ./bench -quick -out /tmp/bench              # a 1-minute smoke run
 //	go run ./bench -from bench/results/results.json -markdown docs/benchmarks.md
+//	go run ./bench -day -out bench/results/day       # a compressed working day (docs/capacity.md), 10 minutes
 //
 // The run writes results.json and PNG plots to -out. With -markdown it also
 // rewrites the generated section of that file (between its BEGIN/END
@@ -76,6 +77,8 @@ type options struct {
 	only        map[string]bool // nil: everything
 	serverEnv   []string        // extra KEY=VALUE for every server process
 	args        []string
+	dayRun      bool // -day: the compressed day (day.go) instead of the suite
+	day         dayOptions
 }
 
 // runs reports whether the part name (a scenario, "memory" or "gobench")
@@ -106,6 +109,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.benchTime, "benchtime", "1s", "-benchtime for the testing.B benchmarks")
 	serverEnv := fs.String("server-env", "", "extra environment of broker and baseline processes, comma-separated KEY=VALUE (e.g. GOGC=400)")
 	only := fs.String("only", "", "comma-separated parts to run (default all): baseline,l1,redis,cold,replicas,memory,gobench")
+	fs.BoolVar(&o.dayRun, "day", false, "run the compressed day (day.go, docs/capacity.md) instead of the suite")
+	fs.IntVar(&o.day.users, "day-users", 2000, "-day: the user population")
+	fs.Float64Var(&o.day.compression, "day-compression", 72, "-day: time compression factor, in (1, 80]")
+	fs.Float64Var(&o.day.from, "day-from", 7, "-day: simulated hour the day starts")
+	fs.Float64Var(&o.day.to, "day-to", 19, "-day: simulated hour the day ends")
+	fs.IntVar(&o.day.quota, "day-quota", 100, "-day: the tenant's Tier-2 quota, token calls a simulated minute")
+	fs.Float64Var(&o.day.flushAt, "day-flush", 9.5, "-day: simulated hour of the Redis FLUSHALL (outside the day: none)")
+	fs.Float64Var(&o.day.rollAt, "day-roll", 14.5, "-day: simulated hour of the rolling restart (outside the day: none)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -179,6 +190,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-warm-concurrency must be in [1, 1024]")
 	case o.coldLatency < 0 || o.coldLatency > 5*time.Second:
 		return o, errors.New("-cold-latency must be in [0, 5s]")
+	case o.day.users < 1 || o.day.users > 1_000_000:
+		return o, errors.New("-day-users must be in [1, 1e6]")
+	case !(o.day.compression > 1 && o.day.compression <= 80):
+		// Above 80, QTB_REFRESH_AHEAD (1h20m/c) falls to QTB_MIN_TOKEN_TTL's floor of 1m.
+		return o, errors.New("-day-compression must be in (1, 80]")
+	case !(o.day.from >= 0 && o.day.from < o.day.to && o.day.to <= 24):
+		return o, errors.New("-day-from and -day-to must be hours with 0 <= from < to <= 24")
+	case o.day.quota < 1:
+		return o, errors.New("-day-quota must be at least 1")
 	}
 	return o, nil
 }
@@ -188,6 +208,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.dayRun {
+		return runDay(ctx, o, stdout, stderr)
 	}
 	if o.from != "" {
 		r, err := readResults(o.from)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -24,16 +25,25 @@ import (
 // cached is a token as the broker serves it. Everything a hit needs is
 // computed once, when the token enters the process: the decoded token, its
 // refresh point and its JSON answer (all but expires_in), so a hit costs
-// no decoding, hashing or JSON encoding. It is immutable once built.
+// no decoding, hashing or JSON encoding. It is immutable once built, but
+// for checkAt.
 type cached struct {
 	tok       qlik.Token
 	refreshAt time.Time
 	jsonHead  []byte // the JSON answer up to the value of "expires_in"
 	text      []byte // the access token: the text/plain answer
+	// checkAt (Unix nanoseconds, the broker's clock) is when L1 next asks
+	// Redis about this token, with Shared set: the copy stays in L1 for
+	// the token's life, and L1TTL bounds how long it is served unchecked
+	// (recheck.go).
+	checkAt atomic.Int64
 }
 
 func (b *Broker) newCached(key string, tok qlik.Token) *cached {
 	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok), jsonHead: renderTokenHead(tok)}
+	if b.shared != nil {
+		c.checkAt.Store(b.now().Add(b.l1TTL).UnixNano())
+	}
 	if end := accessTokenAt + len(tok.AccessToken); len(tok.AccessToken) > 0 && len(c.jsonHead) > end &&
 		string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {
 		// The token is in the answer unescaped (every JWT is): the text

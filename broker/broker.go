@@ -130,8 +130,11 @@ type Config struct {
 	// NoL1 turns the in-process token cache off, which only makes sense
 	// with Shared (benchmarks of the Redis path).
 	NoL1 bool
-	// L1TTL caps how long a token stays in L1 when Shared is set, bounding
-	// how stale a replica can be if it misses an invalidation. Default 5m.
+	// L1TTL bounds how long a token is served from L1 without asking Shared
+	// again, and so how stale a replica can be if it misses an
+	// invalidation. The token stays in L1 for its own life: while Shared
+	// cannot answer it is still served, and a Shared that lost it gets it
+	// back (recheck.go). Default 5m.
 	L1TTL time.Duration
 	// Shared is Redis, or nil to run on L1 alone.
 	Shared Shared
@@ -222,6 +225,7 @@ type Broker struct {
 	// a failed or skipped one.
 	refreshMu  sync.Mutex
 	refreshing map[string]time.Time // key -> not before (zero while running)
+	nextHeal   atomic.Int64         // Unix ns: no L1-to-Redis heal before (recheck.go)
 	bg         sync.WaitGroup
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc

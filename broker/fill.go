@@ -35,9 +35,14 @@ func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error
 	k := b.keysFor(up, user)
 	now := b.now()
 	if c, ok := b.fromL1(ctx, k.token, now); ok {
-		b.annotate(ctx, up.tenant.ID, metrics.TierL1)
-		b.maybeRefresh(up, k, user, c, now)
-		return c, nil
+		if b.shared != nil && c.checkDue(now, b.l1TTL) {
+			c = b.recheck(ctx, k, c, now)
+		}
+		if c != nil {
+			b.annotate(ctx, up.tenant.ID, metrics.TierL1)
+			b.maybeRefresh(up, k, user, c, now)
+			return c, nil
+		}
 	}
 	if c, ok := b.fromShared(ctx, k.token, true); ok {
 		b.annotate(ctx, up.tenant.ID, metrics.TierRedis)
@@ -262,8 +267,22 @@ func (b *Broker) deleteL1(key string) {
 // says whether this is a request's lookup, which is counted, or a re-check
 // while filling, which is not (so one bad value counts once).
 func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (*cached, bool) {
+	c, found := b.lookupShared(ctx, key, lookup)
+	return c, found == sharedHit
+}
+
+// What lookupShared found in Redis.
+const (
+	sharedHit      = iota // a servable token
+	sharedAbsent          // no value under the key
+	sharedFailed          // Redis did not answer (error, breaker open)
+	sharedUnusable        // a value that does not unseal, decode or serve
+)
+
+// lookupShared is fromShared saying why there is no token.
+func (b *Broker) lookupShared(ctx context.Context, key string, lookup bool) (*cached, int) {
 	if b.shared == nil {
-		return nil, false
+		return nil, sharedFailed
 	}
 	span := noSpan
 	if b.traced { // the no-op tracer's Start allocates a context
@@ -279,11 +298,11 @@ func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (*cach
 	raw, err := b.shared.Get(ctx, key)
 	switch {
 	case errors.Is(err, cache.ErrMiss):
-		return nil, false
+		return nil, sharedAbsent
 	case err != nil:
 		result = metrics.ResultError
 		b.redisError(ctx, "get", err)
-		return nil, false
+		return nil, sharedFailed
 	}
 	if b.keyring != nil {
 		if raw, err = b.keyring.Open([]byte(key), raw); err != nil {
@@ -291,19 +310,21 @@ func (b *Broker) fromShared(ctx context.Context, key string, lookup bool) (*cach
 				b.m.UnsealFailures.WithLabelValues(cache.UnsealReason(err)).Inc()
 				b.log.WarnContext(ctx, "cached token failed to unseal; treating it as a miss", "reason", cache.UnsealReason(err))
 			}
-			return nil, false
+			return nil, sharedUnusable
 		}
 	}
 	tok, err := decodeToken(raw)
 	if err != nil || !b.servable(tok, b.now()) {
-		return nil, false
+		return nil, sharedUnusable
 	}
 	result = metrics.ResultHit
-	return b.newCached(key, tok), true
+	return b.newCached(key, tok), sharedHit
 }
 
-// putL1 keeps tok in the in-process cache, for at most L1TTL when Redis
-// is the shared source of truth. It does not replace a token that lives
+// putL1 keeps tok in the in-process cache for as long as it is servable;
+// with Redis, L1TTL bounds how long it is served without asking Redis
+// again (cached.checkAt), not how long it is kept, so a Redis outage never
+// costs a token anyone holds. It does not replace a token that lives
 // longer: a request that read Redis just before a refresh landed must not
 // put the old token back.
 func (b *Broker) putL1(key string, c *cached) {
@@ -313,11 +334,7 @@ func (b *Broker) putL1(key string, c *cached) {
 	if cur, ok := b.l1.Get(key); ok && cur.tok.ExpiresAt.After(c.tok.ExpiresAt) {
 		return
 	}
-	ttl := b.cacheTTL(c.tok, b.now())
-	if b.shared != nil {
-		ttl = min(ttl, b.l1TTL)
-	}
-	if ttl > 0 {
+	if ttl := b.cacheTTL(c.tok, b.now()); ttl > 0 {
 		_ = b.l1.Set(key, c, ttl) // only fails for ttl <= 0
 	}
 }

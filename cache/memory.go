@@ -170,3 +170,18 @@ func (h *expiryHeap[V]) Pop() any {
 	*h = old[:n-1]
 	return e
 }
+
+// Snapshot returns the unexpired entries' keys and values, copied under
+// the lock so that the caller may take its time over them (and call into
+// the Memory) without holding anything.
+func (m *Memory[V]) Snapshot() (keys []string, values []V) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dropExpired(now)
+	keys, values = make([]string, 0, len(m.entries)), make([]V, 0, len(m.entries))
+	for k, e := range m.entries {
+		keys, values = append(keys, k), append(values, e.value)
+	}
+	return keys, values
+}

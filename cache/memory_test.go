@@ -215,3 +215,19 @@ func checkMemoryInvariants(t *testing.T, m byteMemory, maxEntries int) {
 		}
 	}
 }
+
+func TestMemorySnapshot(t *testing.T) {
+	now := time.Unix(0, 0)
+	m := NewMemory[int](MemoryOptions{Now: func() time.Time { return now }})
+	_ = m.Set("a", 1, time.Minute)
+	_ = m.Set("b", 2, time.Second)
+	now = now.Add(2 * time.Second) // b has expired
+	keys, values := m.Snapshot()
+	if len(keys) != 1 || keys[0] != "a" || values[0] != 1 {
+		t.Fatalf("Snapshot = %v %v, want [a] [1]", keys, values)
+	}
+	m.Delete("a") // the snapshot is a copy
+	if keys[0] != "a" || m.Len() != 0 {
+		t.Fatal("the snapshot changed with the Memory")
+	}
+}

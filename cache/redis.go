@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +29,9 @@ const (
 	// DefaultBreakerOpen is how long the breaker stays open before letting
 	// one probe through, when RedisOptions.BreakerOpen is zero.
 	DefaultBreakerOpen = 5 * time.Second
+	// DefaultBreakerProbe is how often an open breaker PINGs Redis to
+	// close as soon as it answers, when RedisOptions.BreakerProbe is zero.
+	DefaultBreakerProbe = 100 * time.Millisecond
 )
 
 // Redis topologies, for RedisOptions.Mode.
@@ -115,8 +117,15 @@ type RedisOptions struct {
 	BreakerFailures uint32
 	// BreakerOpen is how long the breaker stays open, failing every call
 	// with ErrUnavailable, before one probe call is let through;
-	// DefaultBreakerOpen when zero.
+	// DefaultBreakerOpen when zero. The breaker usually closes sooner: see
+	// BreakerProbe.
 	BreakerOpen time.Duration
+	// BreakerProbe is how often, while the breaker is open, Redis is sent a
+	// PING (outside the breaker) that closes the breaker as soon as it is
+	// answered; DefaultBreakerProbe when zero, and negative turns the PINGs
+	// off. In Sentinel mode the Sentinels' +switch-master notice closes it
+	// at once, PINGs or not.
+	BreakerProbe time.Duration
 	// OnStateChange, if set, is called with true when the breaker opens
 	// and with false when a probe succeeds and it closes again. Calls come
 	// in order, one at a time, on the goroutine of a Redis call after the
@@ -134,12 +143,15 @@ type RedisOptions struct {
 // cancellation) every call fails at once with ErrUnavailable for
 // BreakerOpen, then one probe call decides whether Redis is back. A dead
 // Redis thus costs one timeout per BreakerOpen rather than one per request.
-// Ping and Client bypass the breaker.
+// Meanwhile a PING every BreakerProbe, and in Sentinel mode a failover
+// notice, close it as soon as Redis answers again (breaker.go). Ping and
+// Client bypass the breaker.
 type Redis struct {
 	client   redis.UniversalClient
-	breaker  *gobreaker.CircuitBreaker[struct{}]
+	breaker  atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
 	degraded atomic.Bool
 	notifier stateNotifier
+	recovery recovery
 }
 
 // NewRedis builds a client from opts. It does not contact Redis: the broker
@@ -149,14 +161,15 @@ type Redis struct {
 // command, and a connection is dialled once per attempt rather than
 // go-redis' default of five.
 func NewRedis(opts RedisOptions) (*Redis, error) {
-	newClient, err := clientFor(opts)
+	newClient, sentinels, err := clientFor(opts)
 	if err != nil {
 		return nil, err
 	}
 	client := newClient()
 	r := &Redis{client: client, notifier: stateNotifier{fn: opts.OnStateChange}}
+	r.recovery.configure(opts, newClient, sentinels)
 	failures := cmp.Or(opts.BreakerFailures, DefaultBreakerFailures)
-	r.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	settings := gobreaker.Settings{
 		Name:    "redis",
 		Timeout: cmp.Or(opts.BreakerOpen, DefaultBreakerOpen),
 		ReadyToTrip: func(c gobreaker.Counts) bool {
@@ -166,22 +179,36 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		// do turns away contexts that are done before the call; a
 		// cancellation during it is the caller leaving, not Redis failing.
 		// A deadline passing during it is a failure: Redis was too slow.
-		IsExcluded:    func(err error) bool { return errors.Is(err, context.Canceled) },
-		OnStateChange: r.breakerStateChanged,
-	})
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+	}
+	r.recovery.newBreaker = func() *gobreaker.CircuitBreaker[struct{}] {
+		var cb *gobreaker.CircuitBreaker[struct{}]
+		s := settings
+		s.OnStateChange = func(_ string, from, to gobreaker.State) {
+			if r.breaker.Load() == cb { // not one recover replaced
+				r.breakerStateChanged(from, to)
+			}
+		}
+		cb = gobreaker.NewCircuitBreaker[struct{}](s)
+		return cb
+	}
+	r.breaker.Store(r.recovery.newBreaker())
 	return r, nil
 }
 
 // breakerStateChanged runs under the breaker's lock; the user's callback
-// runs later, from do.
-func (r *Redis) breakerStateChanged(_ string, from, to gobreaker.State) {
+// runs later, from do (or from the recovery that closed the breaker).
+func (r *Redis) breakerStateChanged(from, to gobreaker.State) {
 	switch {
 	case from == gobreaker.StateClosed && to == gobreaker.StateOpen:
-		r.degraded.Store(true)
-		r.notifier.push(true)
+		if r.degraded.CompareAndSwap(false, true) {
+			r.notifier.push(true)
+			r.startRecovery()
+		}
 	case to == gobreaker.StateClosed:
-		r.degraded.Store(false)
-		r.notifier.push(false)
+		if r.degraded.CompareAndSwap(true, false) {
+			r.notifier.push(false)
+		}
 	}
 }
 
@@ -194,7 +221,7 @@ func (r *Redis) do(ctx context.Context, op string, fn func(ctx context.Context) 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("cache: redis %s: %w", op, err)
 	}
-	_, err := r.breaker.Execute(func() (struct{}, error) {
+	_, err := r.breaker.Load().Execute(func() (struct{}, error) {
 		err := fn(ctx)
 		if err != nil && !errors.Is(err, redis.Nil) && errors.Is(ctx.Err(), context.Canceled) {
 			// go-redis notices a cancellation only at its next deadline and
@@ -243,6 +270,20 @@ func (r *Redis) Set(ctx context.Context, key string, value []byte, ttl time.Dura
 	})
 }
 
+// SetIfAbsent stores value under key for ttl unless the key holds a value
+// (SET NX), and reports whether it stored it. A ttl <= 0 returns
+// ErrInvalidTTL and stores nothing.
+func (r *Redis) SetIfAbsent(ctx context.Context, key string, value []byte, ttl time.Duration) (stored bool, err error) {
+	if ttl <= 0 {
+		return false, ErrInvalidTTL
+	}
+	err = r.do(ctx, "set", func(ctx context.Context) (err error) {
+		stored, err = r.client.SetNX(ctx, key, value, redisTTL(ttl)).Result()
+		return err
+	})
+	return stored, err
+}
+
 // Delete removes key. Deleting an absent key is not an error.
 func (r *Redis) Delete(ctx context.Context, key string) error {
 	return r.do(ctx, "delete", func(ctx context.Context) error {
@@ -263,8 +304,9 @@ func (r *Redis) Ping(ctx context.Context) error {
 // those offered here. Its commands bypass the circuit breaker.
 func (r *Redis) Client() redis.UniversalClient { return r.client }
 
-// Close closes the client's connections.
+// Close stops the breaker's recovery and closes the client's connections.
 func (r *Redis) Close() error {
+	r.stopRecovery()
 	if err := r.client.Close(); err != nil {
 		return fmt.Errorf("cache: redis close: %w", err)
 	}
@@ -281,33 +323,34 @@ func redisTTL(ttl time.Duration) time.Duration {
 // building a client: a configuration can be validated with no side
 // effects. It reads TLSCAFile when set (TLSCA needs no read).
 func CheckRedisOptions(opts RedisOptions) error {
-	_, err := clientFor(opts)
+	_, _, err := clientFor(opts)
 	return err
 }
 
 // clientFor checks opts and returns the constructor of their go-redis
-// client, by opts.Mode.
-func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
+// client, by opts.Mode, and in Sentinel mode the client's options (for the
+// breaker's recovery, which listens to the Sentinels too).
+func clientFor(opts RedisOptions) (func() redis.UniversalClient, *redis.FailoverOptions, error) {
 	switch opts.Mode {
 	case "", ModeStandalone:
 		if len(opts.Addrs) > 0 {
-			return nil, errors.New("cache: redis Addrs is for cluster and sentinel modes; standalone takes a URL")
+			return nil, nil, errors.New("cache: redis Addrs is for cluster and sentinel modes; standalone takes a URL")
 		}
 		if opts.URL == "" {
-			return nil, errors.New("cache: redis URL is required")
+			return nil, nil, errors.New("cache: redis URL is required")
 		}
 		o, u, err := parseURL(opts.URL, redis.ParseURL)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if u.set {
 			o.Username, o.Password = u.user, u.password
 		}
 		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return func() redis.UniversalClient { return redis.NewClient(o) }, nil
+		return func() redis.UniversalClient { return redis.NewClient(o) }, nil, nil
 
 	case ModeCluster:
 		o := &redis.ClusterOptions{}
@@ -315,7 +358,7 @@ func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
 			var u userinfo
 			var err error
 			if o, u, err = parseURL(opts.URL, redis.ParseClusterURL); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if u.set {
 				o.Username, o.Password = u.user, u.password
@@ -323,13 +366,13 @@ func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
 		}
 		o.Addrs = append(o.Addrs, opts.Addrs...)
 		if len(o.Addrs) == 0 {
-			return nil, errors.New("cache: redis cluster mode needs Addrs or a URL")
+			return nil, nil, errors.New("cache: redis cluster mode needs Addrs or a URL")
 		}
 		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return func() redis.UniversalClient { return redis.NewClusterClient(o) }, nil
+		return func() redis.UniversalClient { return redis.NewClusterClient(o) }, nil, nil
 
 	case ModeSentinel:
 		o := &redis.FailoverOptions{}
@@ -337,7 +380,7 @@ func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
 			var u userinfo
 			var err error
 			if o, u, err = parseURL(opts.URL, redis.ParseFailoverURL); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if u.set {
 				o.SentinelUsername, o.SentinelPassword = u.user, u.password
@@ -346,17 +389,17 @@ func clientFor(opts RedisOptions) (func() redis.UniversalClient, error) {
 		o.SentinelAddrs = append(o.SentinelAddrs, opts.Addrs...)
 		o.MasterName = cmp.Or(opts.MasterName, o.MasterName)
 		if len(o.SentinelAddrs) == 0 || o.MasterName == "" {
-			return nil, errors.New("cache: redis sentinel mode needs sentinel Addrs or a URL, and a MasterName")
+			return nil, nil, errors.New("cache: redis sentinel mode needs sentinel Addrs or a URL, and a MasterName")
 		}
 		o.SentinelUsername = cmp.Or(opts.SentinelUsername, o.SentinelUsername)
 		o.SentinelPassword = cmp.Or(opts.SentinelPassword, o.SentinelPassword)
 		if err := tune(opts, shared{&o.Username, &o.Password, &o.TLSConfig, &o.DialTimeout, &o.ReadTimeout,
 			&o.WriteTimeout, &o.PoolSize, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return func() redis.UniversalClient { return redis.NewFailoverClient(o) }, nil
+		return func() redis.UniversalClient { return redis.NewFailoverClient(o) }, o, nil
 	}
-	return nil, fmt.Errorf("cache: redis Mode %q: want %s, %s or %s", opts.Mode, ModeStandalone, ModeCluster, ModeSentinel)
+	return nil, nil, fmt.Errorf("cache: redis Mode %q: want %s, %s or %s", opts.Mode, ModeStandalone, ModeCluster, ModeSentinel)
 }
 
 // shared points at the settings the three go-redis option types have in
@@ -498,55 +541,4 @@ func withoutURL(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// stateNotifier delivers breaker transitions to the OnStateChange callback
-// outside the breaker's lock, in order and one at a time. push runs under
-// the breaker's lock; flush runs after every call. A callback that calls
-// into Redis finds delivery in progress and leaves its own transitions to
-// the delivering loop.
-type stateNotifier struct {
-	fn func(degraded bool)
-
-	mu         sync.Mutex
-	pending    []bool
-	delivering sync.Mutex
-}
-
-func (n *stateNotifier) push(degraded bool) {
-	if n.fn == nil {
-		return
-	}
-	n.mu.Lock()
-	n.pending = append(n.pending, degraded)
-	n.mu.Unlock()
-}
-
-func (n *stateNotifier) flush() {
-	if n.fn == nil {
-		return
-	}
-	for n.hasPending() {
-		if !n.delivering.TryLock() {
-			return // the holder delivers ours too: it checks again after unlocking
-		}
-		for {
-			n.mu.Lock()
-			if len(n.pending) == 0 {
-				n.mu.Unlock()
-				break
-			}
-			degraded := n.pending[0]
-			n.pending = n.pending[1:]
-			n.mu.Unlock()
-			n.fn(degraded)
-		}
-		n.delivering.Unlock()
-	}
-}
-
-func (n *stateNotifier) hasPending() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.pending) > 0
 }

@@ -47,8 +47,10 @@ type Server struct {
 	// Set by StartCluster: run as a cluster node with this bus port.
 	cluster bool
 	busPort int
-	// Set by StartSentinel: run as a Sentinel monitoring this master.
-	sentinelOf *Server
+	// Set by StartSentinel: run as a Sentinel monitoring this master, with
+	// these lines added to its configuration.
+	sentinelOf   *Server
+	sentinelConf string
 	// Set by StartTLS: serve TLS only.
 	tls *tlsFiles
 	// The credentials clients need: StartTLS's ACL user, a
@@ -216,6 +218,7 @@ func (s *Server) commandLine() ([]string, error) {
 		text := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %q\n"+
 			"sentinel monitor %s 127.0.0.1 %d 1\n",
 			s.port, s.dir, sentinelMasterName, s.sentinelOf.port)
+		text += s.sentinelConf
 		if s.sentinelOf.pass != "" {
 			text += fmt.Sprintf("sentinel auth-pass %s %q\n", sentinelMasterName, s.sentinelOf.pass)
 		}

@@ -253,3 +253,60 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("PING after Restart: %v", err)
 	}
 }
+
+func TestFailover(t *testing.T) {
+	f := StartFailover(t)
+	ctx := t.Context()
+	if got := f.CurrentMaster(t); got != f.Master() {
+		t.Fatalf("master at start = %s, want %s", got.Addr(), f.Master().Addr())
+	}
+	if err := f.Master().Client(t).Set(ctx, "k", "v", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Master().Client(t).Do(ctx, "WAIT", 1, 5000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT for the replica = %d, %v", n, err)
+	}
+	notices := f.SwitchNotices(t)
+	start := time.Now()
+	f.Promote(t)
+	select {
+	case at := <-notices:
+		t.Logf("graceful failover: +switch-master after %v", at.Sub(start))
+	case <-time.After(15 * time.Second):
+		t.Fatal("no +switch-master within 15s of SENTINEL FAILOVER")
+	}
+	if got := f.CurrentMaster(t); got != f.Replica() {
+		t.Fatalf("master after failover = %s, want the replica %s", got.Addr(), f.Replica().Addr())
+	}
+	if v, err := f.Replica().Client(t).Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Fatalf("the promoted replica holds %q, %v; want the master's value", v, err)
+	}
+
+	// And back, the hard way: kill the master the replica became.
+	f.Replica().Stop()
+	start = time.Now()
+	select {
+	case at := <-notices:
+		t.Logf("killed master: +switch-master after %v", at.Sub(start))
+	case <-time.After(15 * time.Second):
+		t.Fatal("no +switch-master within 15s of killing the master")
+	}
+	if got := f.CurrentMaster(t); got != f.Master() {
+		t.Fatalf("master after the kill = %s, want %s", got.Addr(), f.Master().Addr())
+	}
+}
+
+func TestPause(t *testing.T) {
+	s := Start(t)
+	c := s.Client(t)
+	s.Pause()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Fatal("a paused server answered PING")
+	}
+	s.Resume()
+	if err := c.Ping(t.Context()).Err(); err != nil {
+		t.Fatalf("PING after Resume: %v", err)
+	}
+}

@@ -126,7 +126,7 @@ func (c *Config) settings() []setting {
 		{"QTB_TOKEN_SKEW", "clock skew allowance: every token is treated as expiring this much earlier", (*durationValue)(&c.TokenSkew)},
 		{"QTB_MIN_TOKEN_TTL", "never hand out a token with less life left than this", (*durationValue)(&c.MinTokenTTL)},
 		{"QTB_REFRESH_AHEAD", "refresh a served token in the background once it has less life left than this", (*durationValue)(&c.RefreshAhead)},
-		{"QTB_L1_TTL", "longest time a token stays in the in-process cache in front of Redis", (*durationValue)(&c.L1TTL)},
+		{"QTB_L1_TTL", "longest time a token is served from the in-process cache without asking Redis again", (*durationValue)(&c.L1TTL)},
 		{"QTB_L1_ENABLED", "keep tokens in the in-process cache in front of Redis (false only for measuring the Redis path)", (*boolValue)(&c.L1Enabled)},
 		{"QTB_L1_MAX_ENTRIES", "maximum tokens kept in the in-process cache", (*intValue)(&c.L1MaxEntries)},
 		{"QTB_CORS_ORIGINS", "browser origins allowed to call the API, comma separated, exact match", (*listValue)(&c.CORSOrigins)},

@@ -270,3 +270,31 @@ func TestNewOnAddr(t *testing.T) {
 		t.Errorf("users/me without a token: %d", resp.StatusCode)
 	}
 }
+
+// TestTier2Quota: through HTTP, with time compressed 60-fold, 2 calls a
+// simulated minute is 10 calls in any 5 seconds of the tenant clock; the
+// 11th gets the contract's 429 with Retry-After, which blocks revoke too,
+// and a client that waits it out gets through. Tokens live 6 minutes.
+func TestTier2Quota(t *testing.T) {
+	h := newHarness(t, qliktest.WithTier2Quota(2), qliktest.WithCompression(60))
+	for range 10 {
+		h.issue()
+	}
+	r := h.postJSON("/oauth/token", h.impersonate(nil))
+	wantError(t, r, 429, "")
+	if got := r.header.Get("Retry-After"); got != "5" {
+		t.Fatalf("Retry-After %q, want 5 (the window is 5m/60)", got)
+	}
+	h.clock.Advance(4 * time.Second)
+	if r := h.postJSON("/oauth/revoke", map[string]string{"token": "x"}); r.status != 429 || r.header.Get("Retry-After") != "1" {
+		t.Fatalf("revoke during the block: %d, Retry-After %q; want 429, 1", r.status, r.header.Get("Retry-After"))
+	}
+	h.clock.Advance(time.Second)
+	tb := h.token(h.postJSON("/oauth/token", h.impersonate(nil)))
+	if tb.ExpiresIn != 360 {
+		t.Fatalf("expires_in %d, want 360 (6h/60)", tb.ExpiresIn)
+	}
+	if u := h.tn.QuotaUse(); u.Admitted != 11 || u.Rejected != 2 || u.Limit != 10 {
+		t.Fatalf("QuotaUse = %+v; want 11 admitted, 2 rejected, limit 10", u)
+	}
+}

@@ -79,6 +79,7 @@ type Tenant struct {
 	// clientAuthStatus is the status of a failed client authentication
 	// (WithClientAuthFailureStatus); 0 means errInvalidClient's.
 	clientAuthStatus int
+	quota            quota // quota.go
 	key              *ecdsa.PrivateKey
 	mux              *http.ServeMux
 	srv              *http.Server
@@ -171,6 +172,7 @@ func NewOnAddr(addr string, opts ...Option) (*Tenant, error) {
 	for _, o := range opts {
 		o(t)
 	}
+	t.compress()
 	t.mux = t.newMux()
 
 	ln, err := net.Listen("tcp", addr)
