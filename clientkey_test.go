@@ -195,104 +195,156 @@ func newRefusingTenant(t *testing.T, tn *qliktest.Tenant) *refusingTenant {
 // TestRefusedAssertions: every check of the tenant that the broker can be
 // made to fail (wrong key, alg not the key's, another host in aud, a
 // replayed jti, iss not the client, an expired assertion) gives 502
-// upstream_misconfigured and exactly one token call per request: no retry
-// storm.
+// upstream_misconfigured with no retry storm, though the broker may retry
+// 5xx: the first request makes the impersonation call and at most one
+// client_credentials check, both refused for the case's reason; after that
+// the broker keeps quiet (no token call) for the rest of the requests. Each
+// case runs against its own tenant and broker, so one case's quiet spell
+// does not cover the next. A new key file is picked up within the quiet
+// spell.
 func TestRefusedAssertions(t *testing.T) {
-	dir := t.TempDir()
-	clk := clocktest.New(time.Now())
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
+	// refusedFixture is one case's tenant, tamperer and broker.
+	type refusedFixture struct {
+		tn       *qliktest.Tenant
+		clk      *clocktest.Clock
+		front    *refusingTenant
+		api      string
+		k, other clientKey
+		oc, twin qliktest.OAuthClient
+		good     json.RawMessage
+		ada      qliktest.User
 	}
-	t.Cleanup(tn.Close)
-	k := newClientKey(t, dir, "imp.pem", qlik.AlgRS256, "k1")
-	other := newClientKey(t, dir, "other.pem", qlik.AlgRS256, "k1")
-	good := jwks(t, k.key.PublicJWK())
-	oc := tn.AddClient(qliktest.OAuthClient{ID: "imp", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: good})
-	twin := tn.AddClient(qliktest.OAuthClient{ID: "twin", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: good})
-	ada := tn.AddUser(qliktest.User{Subject: "ada", Name: "Ada", Status: "active"})
-	tn.AddUser(qliktest.User{Subject: "prime", Name: "Prime", Status: "active"})
-	front := newRefusingTenant(t, tn)
-	// A retry budget the broker must not spend on refusals.
-	api, _ := startServeMetrics(t, map[string]string{
-		"QTB_TENANT_URL": front.srv.URL, "QTB_CLIENT_ID": oc.ID, "QTB_CLIENT_KEY_FILE": k.file, "QTB_CLIENT_KEY_ID": "k1",
-		"QTB_SESSION_HMAC_SECRET": testHMAC, "QTB_UPSTREAM_RETRIES": "3", "QTB_USER_LOOKUP": "subject",
-	})
-	var last string
+	start := func(t *testing.T) *refusedFixture {
+		t.Helper()
+		dir := t.TempDir()
+		f := &refusedFixture{clk: clocktest.New(time.Now())}
+		tn, err := qliktest.New(qliktest.WithClock(f.clk.Now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tn.Close)
+		f.tn = tn
+		f.k = newClientKey(t, dir, "imp.pem", qlik.AlgRS256, "k1")
+		f.other = newClientKey(t, dir, "other.pem", qlik.AlgRS256, "k1")
+		f.good = jwks(t, f.k.key.PublicJWK())
+		f.oc = tn.AddClient(qliktest.OAuthClient{ID: "imp", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: f.good})
+		f.twin = tn.AddClient(qliktest.OAuthClient{ID: "twin", AllowedAuthMethods: []string{"private_key_jwt"}, PublicKeys: f.good})
+		f.ada = tn.AddUser(qliktest.User{Subject: "ada", Name: "Ada", Status: "active"})
+		tn.AddUser(qliktest.User{Subject: "prime", Name: "Prime", Status: "active"})
+		f.front = newRefusingTenant(t, tn)
+		// A retry budget the broker must not spend on refusals.
+		f.api, _ = startServeMetrics(t, map[string]string{
+			"QTB_TENANT_URL": f.front.srv.URL, "QTB_CLIENT_ID": f.oc.ID, "QTB_CLIENT_KEY_FILE": f.k.file, "QTB_CLIENT_KEY_ID": "k1",
+			"QTB_SESSION_HMAC_SECRET": testHMAC, "QTB_UPSTREAM_RETRIES": "3", "QTB_USER_LOOKUP": "subject",
+		})
+		return f
+	}
+	setTamper := func(f *refusedFixture, tamper func(r *http.Request, body map[string]any)) {
+		f.front.mu.Lock()
+		f.front.tamper = tamper
+		f.front.mu.Unlock()
+	}
+
 	tests := []struct {
 		name   string
-		setup  func()
-		tamper func(r *http.Request, body map[string]any)
+		setup  func(f *refusedFixture)
+		tamper func(f *refusedFixture) func(r *http.Request, body map[string]any)
 		want   string
 	}{
-		{"wrong key", func() { tn.SetPublicKeys(oc.ID, jwks(t, other.key.PublicJWK())) }, nil, qliktest.RefusedSignature},
-		{"alg not the key's", func() {
-			j := k.key.PublicJWK()
+		{"wrong key", func(f *refusedFixture) { f.tn.SetPublicKeys(f.oc.ID, jwks(t, f.other.key.PublicJWK())) }, nil, qliktest.RefusedSignature},
+		{"alg not the key's", func(f *refusedFixture) {
+			j := f.k.key.PublicJWK()
 			j.Algorithm = qlik.AlgRS512
-			tn.SetPublicKeys(oc.ID, jwks(t, j))
+			f.tn.SetPublicKeys(f.oc.ID, jwks(t, j))
 		}, nil, qliktest.RefusedAlg},
-		{"aud names another host", nil, func(r *http.Request, _ map[string]any) {
-			r.Host = strings.TrimPrefix(tn.URL(), "http://") // the broker signed for the front's host
-		}, qliktest.RefusedAudience},
-		{"replayed jti", nil, func(_ *http.Request, body map[string]any) {
-			if last != "" {
-				body["client_assertion"] = last
+		{"aud names another host", nil, func(f *refusedFixture) func(*http.Request, map[string]any) {
+			return func(r *http.Request, _ map[string]any) {
+				r.Host = strings.TrimPrefix(f.tn.URL(), "http://") // the broker signed for the front's host
 			}
-			last, _ = body["client_assertion"].(string)
+		}, qliktest.RefusedAudience},
+		{"replayed jti", nil, func(*refusedFixture) func(*http.Request, map[string]any) {
+			var last string // the first assertion seen, sent again ever after
+			return func(_ *http.Request, body map[string]any) {
+				if last != "" {
+					body["client_assertion"] = last
+				}
+				last, _ = body["client_assertion"].(string)
+			}
 		}, qliktest.RefusedReplay},
-		{"iss not the client", nil, func(_ *http.Request, body map[string]any) { body["client_id"] = twin.ID }, qliktest.RefusedClient},
-		{"expired", func() { clk.Advance(10 * time.Minute) }, nil, qliktest.RefusedExpired},
+		{"iss not the client", nil, func(f *refusedFixture) func(*http.Request, map[string]any) {
+			return func(_ *http.Request, body map[string]any) { body["client_id"] = f.twin.ID }
+		}, qliktest.RefusedClient},
+		{"expired", func(f *refusedFixture) { f.clk.Advance(10 * time.Minute) }, nil, qliktest.RefusedExpired},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn.SetPublicKeys(oc.ID, good)
-			front.mu.Lock()
-			front.tamper, last = nil, ""
-			front.mu.Unlock()
-			// Prime: the replay case needs one good assertion seen.
+			f := start(t)
+			if tt.tamper != nil {
+				setTamper(f, tt.tamper(f))
+			}
+			// The replay case needs one good assertion seen first: the
+			// tamperer keeps it, the tenant takes it once.
 			if tt.name == "replayed jti" {
-				front.mu.Lock()
-				front.tamper = tt.tamper
-				front.mu.Unlock()
-				if code, body := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": "prime"})); code != 200 {
+				if code, body := fetchToken(f.api, sessionFor(t, jwt.MapClaims{"sub": "prime"})); code != 200 {
 					t.Fatalf("first use: %d %s", code, body)
 				}
 			}
 			if tt.setup != nil {
-				tt.setup()
+				tt.setup(f)
 			}
-			front.mu.Lock()
-			front.tamper = tt.tamper
-			front.mu.Unlock()
-			calls, refusals := tn.Calls(qliktest.EndpointToken), len(tn.AssertionRefusals())
+			calls, refusals := f.tn.Calls(qliktest.EndpointToken), len(f.tn.AssertionRefusals())
+			first := 0 // token calls of the first request
 			const requests = 3
 			for j := range requests {
 				// A user no token is cached for: the client is refused
 				// before the user is looked up.
-				code, body := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": fmt.Sprintf("user-%d-%d", i, j)}))
+				code, body := fetchToken(f.api, sessionFor(t, jwt.MapClaims{"sub": fmt.Sprintf("user-%d-%d", i, j)}))
 				if code != http.StatusBadGateway || !strings.Contains(body, "upstream_misconfigured") {
 					t.Fatalf("request %d: %d %s", j, code, body)
 				}
+				// The first request: the impersonation call and at most
+				// one credentials check, no retry; later ones: none.
+				got := f.tn.Calls(qliktest.EndpointToken) - calls
+				if j == 0 {
+					first = got
+				}
+				if first < 1 || first > 2 || got != first {
+					t.Errorf("after request %d: %d token calls, the first request %d; want 1 or 2, then none", j, got, first)
+				}
 			}
-			if got := tn.Calls(qliktest.EndpointToken) - calls; got != requests {
-				t.Errorf("%d token calls for %d requests: want one each, no retries", got, requests)
-			}
-			got := tn.AssertionRefusals()[refusals:]
-			if len(got) != requests || slices.ContainsFunc(got, func(r string) bool { return r != tt.want }) {
-				t.Errorf("refusals %q, want %d × %q", got, requests, tt.want)
-			}
-			if tt.name == "expired" {
-				clk.Advance(-10 * time.Minute)
+			got := f.tn.AssertionRefusals()[refusals:]
+			if n := f.tn.Calls(qliktest.EndpointToken) - calls; len(got) != n ||
+				slices.ContainsFunc(got, func(r string) bool { return r != tt.want }) {
+				t.Errorf("refusals %q for %d token calls, want each %q", got, n, tt.want)
 			}
 		})
 	}
-	// With the tamperer gone and the key right, the broker recovers.
-	tn.SetPublicKeys(oc.ID, good)
-	front.mu.Lock()
-	front.tamper = nil
-	front.mu.Unlock()
-	code, tok := fetchToken(api, sessionFor(t, jwt.MapClaims{"sub": "ada"}))
-	if u, err := tn.TokenUser(tok); code != 200 || err != nil || u.ID != ada.ID {
-		t.Fatalf("after the refusals: %d %v", code, err)
-	}
+
+	// Refused for its key, the broker keeps quiet; a new key file (one the
+	// tenant holds) is used at once, within the quiet spell, and the
+	// broker recovers.
+	t.Run("new key file within the quiet spell", func(t *testing.T) {
+		f := start(t)
+		f.tn.SetPublicKeys(f.oc.ID, jwks(t, f.other.key.PublicJWK()))
+		for j := range 2 {
+			if code, body := fetchToken(f.api, sessionFor(t, jwt.MapClaims{"sub": fmt.Sprintf("quiet-%d", j)})); code != http.StatusBadGateway {
+				t.Fatalf("request %d with the old key: %d %s", j, code, body)
+			}
+		}
+		calls := f.tn.Calls(qliktest.EndpointToken)
+		raw, err := os.ReadFile(f.other.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f.k.file, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, tok := fetchToken(f.api, sessionFor(t, jwt.MapClaims{"sub": "ada"}))
+		if u, err := f.tn.TokenUser(tok); code != 200 || err != nil || u.ID != f.ada.ID {
+			t.Fatalf("after the new key file: %d %v", code, err)
+		}
+		if n := f.tn.Calls(qliktest.EndpointToken) - calls; n != 1 {
+			t.Errorf("%d token calls for the recovery, want 1", n)
+		}
+	})
 }

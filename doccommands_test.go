@@ -102,25 +102,51 @@ func docCommands(t *testing.T) []docCommand {
 // hint, `a|b` the first choice; `docker run IMAGE args` runs the binary
 // with args. Commands that need what a test cannot give (a configured
 // `serve`, files a reader made earlier) are named and skipped, so a new
-// command in the docs is run or consciously skipped.
+// command in the docs is run or consciously skipped. Each document is a
+// reader's walk-through of its own, run in order against a tenant and a
+// working directory of its own: the README onboards acme with a secret,
+// docs/deploy.md registers it with a key (switching an existing client is
+// `--fix`, which TestProvisionSwitchSecretToKeyAndBack runs).
 func TestDocBrokerCommands(t *testing.T) {
-	tn, err := qliktest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tn.Close()
-	admin := tn.AddAdminClient()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "admin-secret"), []byte(admin.Secret), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	healthy := startInProc(t, inProcOptions{})
-	env := map[string]string{
-		"QTB_TENANT_URL": tn.URL(), "QTB_ADMIN_CLIENT_ID": admin.ID, "QTB_ADMIN_CLIENT_SECRET": admin.Secret,
-		"ADMIN_ID": admin.ID, "QTB_LISTEN": hostPort(healthy.api),
+	// readerState is one document's reader: a tenant, a working
+	// directory and an environment.
+	type readerState struct {
+		tn  *qliktest.Tenant
+		dir string
+		env map[string]string
+	}
+	var (
+		tn      *qliktest.Tenant
+		dir     string
+		env     map[string]string
+		readers = map[string]readerState{}
+	)
+	// reader makes doc's reader the current one, starting it on first use.
+	reader := func(doc string) {
+		r, ok := readers[doc]
+		if !ok {
+			ftn, err := qliktest.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(ftn.Close)
+			admin := ftn.AddAdminClient()
+			r = readerState{tn: ftn, dir: t.TempDir()}
+			if err := os.WriteFile(filepath.Join(r.dir, "admin-secret"), []byte(admin.Secret), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r.env = map[string]string{
+				"QTB_TENANT_URL": ftn.URL(), "QTB_ADMIN_CLIENT_ID": admin.ID, "QTB_ADMIN_CLIENT_SECRET": admin.Secret,
+				"ADMIN_ID": admin.ID, "QTB_LISTEN": hostPort(healthy.api),
+			}
+			readers[doc] = r
+		}
+		tn, dir, env = r.tn, r.dir, r.env
 	}
 	ran := map[string]bool{}
 	for _, c := range docCommands(t) {
+		reader(c.doc)
 		where := c.doc + ":" + itoa(c.line) + ": " + c.text
 		switch {
 		case c.args[0] == "serve" && len(c.args) == 1:

@@ -44,8 +44,19 @@ func (u *upstream) reloadKey(ctx context.Context) bool {
 	}
 	u.creds.Key = k
 	u.keySwappedAt.Store(now.UnixNano())
+	u.client.badUntil.Store(0) // the refused key is gone
 	u.log.InfoContext(ctx, "client key changed on disk; signing with the new one", "tenant", u.tenant.ID, "kid", k.KeyID())
 	return true
+}
+
+// keyChangedOnDisk re-reads the signing key and reports whether a new one
+// was swapped in since the call began, by this call or a concurrent one.
+// Unlike reloadKey it ignores the retry window after a swap, so a client
+// refused with its new key stays quiet.
+func (u *upstream) keyChangedOnDisk(ctx context.Context) bool {
+	before := u.keySwappedAt.Load()
+	u.reloadKey(ctx)
+	return u.keySwappedAt.Load() != before
 }
 
 // adminSource is the admin token's source: client_credentials, re-reading

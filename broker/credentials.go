@@ -40,13 +40,14 @@ func (c *clientState) knownGood(now time.Time) bool { return now.UnixNano() < c.
 func (c *clientState) knownBad(now time.Time) bool  { return now.UnixNano() < c.badUntil.Load() }
 
 // stillRefused fails at once, with no call to the tenant, while the client
-// credentials are known to be refused and the secret on disk is unchanged.
+// credentials are known to be refused and neither the secret nor the key
+// on disk has changed.
 func (u *upstream) stillRefused(ctx context.Context) error {
-	if !u.client.knownBad(u.now()) || u.reloadSecret(ctx) {
+	if !u.client.knownBad(u.now()) || u.reloadSecret(ctx) || u.keyChangedOnDisk(ctx) {
 		return nil
 	}
 	reject(u.m, CauseInvalidClient)
-	return fmt.Errorf("%w: refused by the tenant within the last %v; waiting for a new secret", ErrInvalidClient, credsBadFor)
+	return fmt.Errorf("%w: refused by the tenant within the last %v; waiting for a new secret or key", ErrInvalidClient, credsBadFor)
 }
 
 // checkCredentials asks the tenant for a client_credentials token with the
@@ -59,7 +60,7 @@ func (u *upstream) stillRefused(ctx context.Context) error {
 // M2M impersonation clients are.
 func (u *upstream) checkCredentials(ctx context.Context) (good bool, err error) {
 	creds := u.credentials()
-	v, err, _ := u.client.check.Do(creds.ClientSecret, func() (any, error) {
+	v, err, _ := u.client.check.Do(checkKey(creds), func() (any, error) {
 		_, err := u.road.ClientCredentialsToken(ctx, creds, "")
 		var qe *qlik.Error
 		switch {
@@ -86,4 +87,14 @@ func (u *upstream) noteExpiry(ctx context.Context, tok *qlik.Token) {
 	}
 	u.log.WarnContext(ctx, "the tenant's token expiry fields disagree; using the earlier usable one (logged once per tenant)",
 		"tenant", u.tenant.ID, "detail", tok.ExpiryWarning, "expires_at", tok.ExpiresAt)
+}
+
+// checkKey names the credentials a check is for, so that concurrent checks
+// share one call only when they would send the same secret or sign with
+// the same key.
+func checkKey(c qlik.Credentials) string {
+	if c.Key == nil {
+		return "secret:" + c.ClientSecret
+	}
+	return "key:" + c.Key.PublicJWK().Thumbprint() + ":" + c.Key.KeyID() + ":" + c.Key.Algorithm()
 }

@@ -160,7 +160,7 @@ func newUpstream(t Tenant, road *guard, tracer trace.Tracer, d deps) *upstream {
 // configuration's Issuer. A new secret forgets that the old one was
 // refused.
 func (u *upstream) withTenant(t Tenant) *upstream {
-	if t.Credentials.ClientSecret != u.credentials().ClientSecret {
+	if cur := u.credentials(); t.Credentials.ClientSecret != cur.ClientSecret || !t.Credentials.Key.Equal(cur.Key) {
 		u.client.badUntil.Store(0)
 	}
 	return &upstream{tenant: t, road: u.road.wrap(t.Issuer), tracer: u.tracer, deps: u.deps,

@@ -87,9 +87,20 @@ func (k testKey) sign(t *testing.T, alg string, claims jwt.MapClaims, header map
 }
 
 // TestAssertionChecks runs each check of the tenant on an assertion that
-// differs from a good one in one way only.
+// differs from a good one in one way only. A refused assertion is answered
+// like any failed client authentication: OAUTH-14 with the tenant's status
+// (400 by default, 401 with WithClientAuthFailureStatus); the reason shows
+// only in AssertionRefusals.
 func TestAssertionChecks(t *testing.T) {
-	h := newHarness(t)
+	for _, status := range []int{http.StatusBadRequest, http.StatusUnauthorized} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			testAssertionChecks(t, status, qliktest.WithClientAuthFailureStatus(status))
+		})
+	}
+}
+
+func testAssertionChecks(t *testing.T, refused int, opts ...qliktest.Option) {
+	h := newHarness(t, opts...)
 	rs256 := newRSAKey(t, "rs256", "RS256", 2048)
 	rs512 := newRSAKey(t, "rs512", "RS512", 2048)
 	es384 := newECKey(t, "es384")
@@ -178,7 +189,7 @@ func TestAssertionChecks(t *testing.T) {
 			before := len(h.tn.AssertionRefusals())
 			r := post(tt.assertion, tt.extra)
 			// Answered like any refused client authentication.
-			wantError(t, r, http.StatusUnauthorized, "invalid_client")
+			wantError(t, r, refused, "OAUTH-14")
 			got := h.tn.AssertionRefusals()
 			if len(got) != before+1 || got[len(got)-1] != tt.want {
 				t.Errorf("refusals %q, want %q last", got[before:], tt.want)
@@ -192,9 +203,9 @@ func TestAssertionChecks(t *testing.T) {
 	r := h.postForm("/oauth/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {h.client.ID},
 		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
 		"client_assertion":      {rs256.sign(t, "RS256", good(func(cl jwt.MapClaims) { cl["iss"], cl["sub"] = h.client.ID, h.client.ID }), nil)}})
-	wantError(t, r, http.StatusUnauthorized, "invalid_client")
+	wantError(t, r, refused, "OAUTH-14")
 	r = h.postForm("/oauth/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {c.ID}, "client_secret": {c.Secret}})
-	wantError(t, r, http.StatusUnauthorized, "invalid_client")
+	wantError(t, r, refused, "OAUTH-14")
 }
 
 // TestAssertionKeysThroughTheAPI registers keys with create and PATCH and
@@ -242,7 +253,9 @@ func TestAssertionKeysThroughTheAPI(t *testing.T) {
 		return h.postForm("/oauth/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {created.ClientID},
 			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {a}}).status
 	}
-	if assert(old) != 200 || assert(next) != 401 {
+	// A refused assertion is the tenant's client-auth failure: 400 by default.
+	const refused = http.StatusBadRequest
+	if assert(old) != 200 || assert(next) != refused {
 		t.Fatal("before rotation: want old accepted, new refused")
 	}
 	if r := call(http.MethodPatch, "/api/v1/oauth-clients/"+created.ClientID,
@@ -253,7 +266,7 @@ func TestAssertionKeysThroughTheAPI(t *testing.T) {
 		t.Fatalf("during rotation: kids %v; want both accepted", got)
 	}
 	call(http.MethodPatch, "/api/v1/oauth-clients/"+created.ClientID, `[{"op":"replace","path":"/publicKeys","value":`+string(keysJSON(t, next))+`}]`)
-	if got := kids(); !slices.Equal(got, []string{"new"}) || assert(old) != 401 || assert(next) != 200 {
+	if got := kids(); !slices.Equal(got, []string{"new"}) || assert(old) != refused || assert(next) != 200 {
 		t.Fatalf("after rotation: kids %v; want only new accepted", got)
 	}
 	// A repeated kid is refused.
