@@ -120,8 +120,12 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 			if n := res.failed.Load(); n > 0 {
 				t.Errorf("%d requests failed; first: %s", n, res.firstFailure)
 			}
-			if limit := newUsers + 3; calls > limit {
-				t.Errorf("%d token calls, want at most %d (the new users, plus 3)", calls, limit)
+			// Users holding tokens cost nothing. A new user whose token
+			// could not be stored while Redis had no master may be minted
+			// once more by the other replica; on a quiet machine that is
+			// none or a few, on a loaded one the window is longer.
+			if limit := int64(newUsers + lost + 3); int64(calls) > limit {
+				t.Errorf("%d token calls, want at most %d (the new users, one more for each of the %d whose token could not be stored, plus 3)", calls, limit, lost)
 			}
 			if back < 0 || back > time.Second {
 				t.Errorf("tokens stored again %v after the promotion, want within 1s", back)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
@@ -40,9 +41,12 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 		b.putL1(k.token, cur) // a refresh or a reissue elsewhere
 		return cur
 	case sharedAbsent:
-		if b.loggedOut(ctx, k.token) {
+		switch out, sure := b.loggedOut(ctx, k.token); {
+		case out:
 			b.deleteL1(k.token)
 			return nil
+		case !sure:
+			return c
 		}
 		b.reseed(ctx, k.token, c, now)
 		b.healSoon(now)
@@ -53,15 +57,23 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 	return c
 }
 
-// loggedOut reports whether the user behind k logged out since the L1
-// copy was cached, in which case an empty key must not be healed from it.
-//
-// This is the hook for logout tombstones (issue 14). Until they exist a
-// logout is known only through the invalidation broadcast, which drops the
-// L1 copy on every replica that hears it, so a replica that missed it
-// could put a logged-out (revoked) token back; the tenant then refuses it
-// and Reissue replaces it.
-func (b *Broker) loggedOut(context.Context, string) bool { return false }
+// loggedOut reports whether the user behind the token key logged out
+// lately, in which case an empty key must not be healed from the L1 copy:
+// Redis holds the logout's tombstone (logout.go) for as long as a fill in
+// flight could outlive the logout. A replica that missed the invalidation
+// broadcast for an older logout could still put a revoked token back; the
+// tenant then refuses it and the re-ask or the proxy's retry replaces it.
+// When Redis cannot say, the copy is served but not healed: sure is false.
+func (b *Broker) loggedOut(ctx context.Context, tokenKey string) (out, sure bool) {
+	_, err := b.shared.Get(ctx, keys{token: tokenKey}.logout())
+	switch {
+	case err == nil:
+		return true, true
+	case errors.Is(err, cache.ErrMiss):
+		return false, true
+	}
+	return false, false
+}
 
 // healSoon starts putting back every token this replica holds, at most
 // once per L1TTL: a key missing from Redis while L1 holds it almost always
@@ -88,7 +100,7 @@ func (b *Broker) healSoon(now time.Time) {
 				return
 			}
 			ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
-			if !b.loggedOut(ctx, key) && b.reseed(ctx, key, values[i], b.now()) {
+			if out, sure := b.loggedOut(ctx, key); sure && !out && b.reseed(ctx, key, values[i], b.now()) {
 				healed++
 			}
 			cancel()
