@@ -122,8 +122,9 @@ func shortL1(c *broker.Config) { c.L1TTL = shortL1TTL }
 
 // TestRedisTroubleUnderLoad kills, then pauses, Redis under a steady load
 // on two replicas with a short L1TTL: no request fails, no token is minted
-// for a user who holds one, and once Redis is back (emptied, for the
-// killed one) the replicas put every token back.
+// for a user who holds one while Redis is away (after a restart that lost
+// everything, at most one per user: see extra), and once Redis is back
+// the replicas put every token back.
 func TestRedisTroubleUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("seconds of load")
@@ -131,9 +132,16 @@ func TestRedisTroubleUnderLoad(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		down, up func(*testing.T, *redistest.Server)
+		// extra is how many token calls each user holding a token may
+		// cost. A Redis that comes back empty re-establishes the
+		// invalidation subscription, and the replicas then drop their L1
+		// (Run, cache.InvalidateAll): a logout made during the outage
+		// must not leave its token served. So each holder may be minted
+		// once after the restart; while Redis is down, none is.
+		extra int
 	}{
-		{"killed", func(_ *testing.T, s *redistest.Server) { s.Stop() }, func(t *testing.T, s *redistest.Server) { s.Restart(t) }},
-		{"paused", func(_ *testing.T, s *redistest.Server) { s.Pause() }, func(_ *testing.T, s *redistest.Server) { s.Resume() }},
+		{"killed", func(_ *testing.T, s *redistest.Server) { s.Stop() }, func(t *testing.T, s *redistest.Server) { s.Restart(t) }, 1},
+		{"paused", func(_ *testing.T, s *redistest.Server) { s.Pause() }, func(_ *testing.T, s *redistest.Server) { s.Resume() }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDeployment(t, 0, newKeyring(t, "k1"))
@@ -162,8 +170,8 @@ func TestRedisTroubleUnderLoad(t *testing.T) {
 			if n := res.failed.Load(); n > 0 {
 				t.Errorf("%d requests failed; first: %s", n, res.firstFailure)
 			}
-			if calls > 3 {
-				t.Errorf("%d token calls for users who all held valid tokens, want at most 3", calls)
+			if limit := tc.extra*users + 3; calls > limit {
+				t.Errorf("%d token calls for users who all held valid tokens, want at most %d", calls, limit)
 			}
 			// Each user's next check puts its token back where it is missing.
 			time.Sleep(shortL1TTL + 50*time.Millisecond)
