@@ -83,21 +83,7 @@ func TestBrowserGetAccessToken(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	t.Cleanup(cancelAlloc)
+	allocCtx := headlessChromium(t, ctx, chromium)
 	bctx, cancelBrowser := chromedp.NewContext(allocCtx, chromedp.WithLogf(t.Logf))
 	t.Cleanup(cancelBrowser)
 
@@ -172,4 +158,27 @@ func TestBrowserGetAccessToken(t *testing.T) {
 	if got := settle(appA.URL + "/"); got != "Error: token broker: 401" {
 		t.Errorf("getAccessToken() without a session settled as %q, want Error: token broker: 401", got)
 	}
+}
+
+// headlessChromium starts an allocator for Debian's Chromium at path, headless
+// and with the background networking this machine's closed network refuses
+// turned off, in a fresh profile; it ends with the test.
+func headlessChromium(t *testing.T, ctx context.Context, path string) context.Context {
+	t.Helper()
+	allocCtx, cancel := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(path),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	t.Cleanup(cancel)
+	return allocCtx
 }
