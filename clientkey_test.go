@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,7 +12,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -72,36 +70,6 @@ func jwks(t *testing.T, keys ...qlik.JWK) json.RawMessage {
 		t.Fatal(err)
 	}
 	return raw
-}
-
-// startServeMetrics runs `serve` in process and returns its API and
-// metrics base URLs.
-func startServeMetrics(t *testing.T, env map[string]string) (api, metricsURL string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan [2]net.Addr, 1)
-	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(a, m net.Addr) { addrs <- [2]net.Addr{a, m} }))
-	done := make(chan error, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, envFunc(env), io.Discard, &stderr)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("broker log:\n%s", stderr.String())
-		}
-	})
-	select {
-	case a := <-addrs:
-		return "http://" + a[0].String(), "http://" + a[1].String()
-	case err := <-done:
-		t.Fatalf("serve exited: %v\n%s", err, stderr.String())
-	}
-	return "", ""
 }
 
 // TestKeyOnlyBroker: a broker whose environment and files hold no client

@@ -67,9 +67,17 @@ func writeTenants(t *testing.T, path string, tenants ...*fakeTenant) {
 // startServe runs `serve` in process and returns its API base URL.
 func startServe(t *testing.T, env map[string]string) string {
 	t.Helper()
+	api, _ := startServeMetrics(t, env)
+	return api
+}
+
+// startServeMetrics runs `serve` in process and returns its API and
+// metrics base URLs.
+func startServeMetrics(t *testing.T, env map[string]string) (api, metricsURL string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(api, _ net.Addr) { addr <- api }))
+	addrs := make(chan [2]net.Addr, 1)
+	ctx = context.WithValue(ctx, listenHookKey{}, listenHook(func(a, m net.Addr) { addrs <- [2]net.Addr{a, m} }))
 	done := make(chan error, 1)
 	var stderr syncBuffer
 	go func() {
@@ -85,12 +93,12 @@ func startServe(t *testing.T, env map[string]string) string {
 		}
 	})
 	select {
-	case a := <-addr:
-		return "http://" + a.String()
+	case a := <-addrs:
+		return "http://" + a[0].String(), "http://" + a[1].String()
 	case err := <-done:
 		t.Fatalf("serve exited: %v\n%s", err, stderr.String())
 	}
-	return ""
+	return "", ""
 }
 
 func sessionFor(t *testing.T, claims jwt.MapClaims) string {
