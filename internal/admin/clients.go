@@ -57,10 +57,13 @@ Repeatable flags (--scope, --grant, --origin, --redirect-uri) also take comma li
 const adminFlagsUsage = `
 Every command talks to --tenant-url (QTB_TENANT_URL) as a tenant admin: either
 an admin OAuth client (client_credentials, scope admin_classic) given by
---admin-client-id (QTB_ADMIN_CLIENT_ID) and --admin-client-secret-file
-(QTB_ADMIN_CLIENT_SECRET_FILE or QTB_ADMIN_CLIENT_SECRET), or a bearer token
-from --token-file (QTB_ADMIN_TOKEN_FILE or QTB_ADMIN_TOKEN). Flags win over the
-environment.
+--admin-client-id (QTB_ADMIN_CLIENT_ID) and either --admin-client-secret-file
+(QTB_ADMIN_CLIENT_SECRET_FILE or QTB_ADMIN_CLIENT_SECRET) or, for a Private Key
+JWT client, --admin-client-key-file (QTB_ADMIN_CLIENT_KEY_FILE, with
+--admin-client-key-id/QTB_ADMIN_CLIENT_KEY_ID and
+--admin-client-key-alg/QTB_ADMIN_CLIENT_KEY_ALG when not the defaults); or a
+bearer token from --token-file (QTB_ADMIN_TOKEN_FILE or QTB_ADMIN_TOKEN).
+Flags win over the environment.
 `
 
 // adminOptions are the flags of every admin command: the tenant and how to
@@ -69,6 +72,9 @@ type adminOptions struct {
 	tenantURL  string
 	clientID   string
 	secretFile string
+	keyFile    string
+	keyID      string
+	keyAlg     string
 	tokenFile  string
 }
 
@@ -76,6 +82,9 @@ func (o *adminOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.tenantURL, "tenant-url", "", "the Qlik tenant, e.g. https://acme.eu.qlikcloud.com (QTB_TENANT_URL)")
 	fs.StringVar(&o.clientID, "admin-client-id", "", "admin OAuth client with scope admin_classic (QTB_ADMIN_CLIENT_ID)")
 	fs.StringVar(&o.secretFile, "admin-client-secret-file", "", "file holding its secret (QTB_ADMIN_CLIENT_SECRET_FILE; or QTB_ADMIN_CLIENT_SECRET)")
+	fs.StringVar(&o.keyFile, "admin-client-key-file", "", "PEM private key of a Private Key JWT admin client, instead of a secret (QTB_ADMIN_CLIENT_KEY_FILE)")
+	fs.StringVar(&o.keyID, "admin-client-key-id", "", "kid of that key's public half at the tenant (QTB_ADMIN_CLIENT_KEY_ID; default: its RFC 7638 thumbprint)")
+	fs.StringVar(&o.keyAlg, "admin-client-key-alg", "", "RS256 or RS512 (RSA) or ES384 (P-384) (QTB_ADMIN_CLIENT_KEY_ALG; default by key type)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding an admin bearer token, instead of an admin client (QTB_ADMIN_TOKEN_FILE; or QTB_ADMIN_TOKEN)")
 }
 
@@ -103,10 +112,10 @@ func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (
 	}
 
 	useToken := o.tokenFile != ""
-	useClient := o.clientID != "" || o.secretFile != ""
+	useClient := o.clientID != "" || o.secretFile != "" || o.keyFile != ""
 	switch {
 	case useToken && useClient:
-		return nil, errors.New("--token-file and --admin-client-id/--admin-client-secret-file: give one, not both")
+		return nil, errors.New("--token-file and --admin-client-id/--admin-client-secret-file/--admin-client-key-file: give one, not both")
 	case !useToken && !useClient: // nothing on the command line: the environment decides
 		envToken := getenv("QTB_ADMIN_TOKEN") != "" || getenv("QTB_ADMIN_TOKEN_FILE") != ""
 		envClient := getenv("QTB_ADMIN_CLIENT_ID") != ""
@@ -126,23 +135,57 @@ func (o adminOptions) connect(ctx context.Context, getenv func(string) string) (
 	}
 	if !useClient {
 		return nil, errors.New("admin credentials are required: --admin-client-id with --admin-client-secret-file " +
-			"(QTB_ADMIN_CLIENT_ID with QTB_ADMIN_CLIENT_SECRET(_FILE)), or --token-file (QTB_ADMIN_TOKEN(_FILE))")
+			"or --admin-client-key-file (QTB_ADMIN_CLIENT_ID with QTB_ADMIN_CLIENT_SECRET(_FILE) or QTB_ADMIN_CLIENT_KEY_FILE), " +
+			"or --token-file (QTB_ADMIN_TOKEN(_FILE))")
 	}
-	id := cmp.Or(o.clientID, getenv("QTB_ADMIN_CLIENT_ID"))
-	if id == "" {
-		return nil, errors.New("--admin-client-id (QTB_ADMIN_CLIENT_ID) is required with an admin client secret")
-	}
-	sec, err := pickSecret(o.secretFile, "--admin-client-secret-file", "QTB_ADMIN_CLIENT_SECRET", getenv)
+	creds, err := o.clientCredentials(getenv)
 	if err != nil {
 		return nil, err
 	}
-	creds := qlik.Credentials{ClientID: id, ClientSecret: string(sec)}
+	id := creds.ClientID
 	tok, err := client.ClientCredentialsToken(ctx, creds, adminScope)
 	if err != nil {
 		return nil, fmt.Errorf("admin client %s: %w", id, explain(err))
 	}
 	admin := client.Admin(qlik.StaticTokenSource(tok))
 	return &adminAPI{qlik: client, admin: admin, bearer: secret(tok.AccessToken), minted: &creds}, nil
+}
+
+// clientCredentials resolves the admin client: its id and either its secret
+// or its private key (flags, then getenv), never both.
+func (o adminOptions) clientCredentials(getenv func(string) string) (qlik.Credentials, error) {
+	id := cmp.Or(o.clientID, getenv("QTB_ADMIN_CLIENT_ID"))
+	if id == "" {
+		return qlik.Credentials{}, errors.New("--admin-client-id (QTB_ADMIN_CLIENT_ID) is required with an admin client secret or key")
+	}
+	keyFile, useSecret := o.keyFile, o.secretFile != ""
+	switch {
+	case keyFile != "" && useSecret:
+		return qlik.Credentials{}, errors.New("--admin-client-secret-file and --admin-client-key-file: give one, not both")
+	case keyFile == "" && !useSecret: // the environment decides
+		keyFile = getenv("QTB_ADMIN_CLIENT_KEY_FILE")
+		envSecret := getenv("QTB_ADMIN_CLIENT_SECRET") != "" || getenv("QTB_ADMIN_CLIENT_SECRET_FILE") != ""
+		if keyFile != "" && envSecret {
+			return qlik.Credentials{}, errors.New("QTB_ADMIN_CLIENT_SECRET(_FILE) and QTB_ADMIN_CLIENT_KEY_FILE are both set: set one, not both")
+		}
+	}
+	if keyFile == "" {
+		if o.keyID != "" || o.keyAlg != "" {
+			return qlik.Credentials{}, errors.New("--admin-client-key-id and --admin-client-key-alg need --admin-client-key-file")
+		}
+		sec, err := pickSecret(o.secretFile, "--admin-client-secret-file", "QTB_ADMIN_CLIENT_SECRET", getenv)
+		if err != nil {
+			return qlik.Credentials{}, err
+		}
+		return qlik.Credentials{ClientID: id, ClientSecret: string(sec)}, nil
+	}
+	kid := cmp.Or(o.keyID, getenv("QTB_ADMIN_CLIENT_KEY_ID"))
+	alg := cmp.Or(o.keyAlg, getenv("QTB_ADMIN_CLIENT_KEY_ALG"))
+	key, err := config.ReadSigningKeyFile(keyFile, kid, alg)
+	if err != nil {
+		return qlik.Credentials{}, fmt.Errorf("admin client key: %w", err)
+	}
+	return qlik.Credentials{ClientID: id, Key: key}, nil
 }
 
 // pickSecret reads a secret from the file named by flagPath, else from
