@@ -86,6 +86,7 @@ type groupState struct {
 	byID     map[string]*groupRecord
 	members  map[string][]string // user id -> group ids, in assignment order
 	patches  []UserPatch         // the user patch log (membership.go)
+	raced    []string            // RaceGroupCreate names
 	partial  []partialRule       // queued 207 answers (membership.go)
 }
 
@@ -136,6 +137,17 @@ func (t *Tenant) seedGroup(name, providerType string) Group {
 		return rec.Group
 	}
 	return t.groups.addLocked(Group{Name: name, ProviderType: providerType}, t.now(), "", nil).Group
+}
+
+// RaceGroupCreate makes the next POST /api/v1/groups of a custom group
+// named name lose a race: just before it is handled, the group is created
+// as by another replica or an admin (as SeedCustomGroup does), so the
+// request is answered 409 and a lookup by name then finds the group. Calls
+// add up, one per name.
+func (t *Tenant) RaceGroupCreate(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.groups.raced = append(t.groups.raced, name)
 }
 
 // SeedIdPGroup makes user userID a member of the IdP group named name, as a
@@ -335,6 +347,12 @@ func (t *Tenant) handleCreateGroup(w http.ResponseWriter, r *http.Request) {
 		grp.ProviderType = *body.ProviderType
 	}
 	t.mu.Lock()
+	if i := slices.Index(t.groups.raced, grp.Name); i >= 0 && grp.ProviderType == ProviderCustom {
+		t.groups.raced = slices.Delete(t.groups.raced, i, i+1)
+		if t.groups.findLocked(grp.Name, grp.ProviderType) == nil {
+			t.groups.addLocked(Group{Name: grp.Name, ProviderType: ProviderCustom}, t.now(), "", nil)
+		}
+	}
 	if t.groups.findLocked(grp.Name, grp.ProviderType) != nil {
 		t.mu.Unlock()
 		groupsError(http.StatusConflict, codeGroupsConflict, "A group with this name already exists.").write(w)

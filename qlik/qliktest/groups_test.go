@@ -398,9 +398,10 @@ func TestPatchUserGroupsPartial(t *testing.T) {
 	}
 }
 
-// TestGroupWritesAreTier2: group creation and membership patches count
-// against the Tier-2 quota with token calls (one count, quota.go); a 429
-// blocks them all, in the users API's dialect; the GETs are Tier 1.
+// TestGroupWritesAreTier2: group creation, membership patches and user
+// creation count against the Tier-2 quota with token calls (one count,
+// quota.go); a 429 blocks them all, in the users API's dialect; the GETs
+// are Tier 1.
 func TestGroupWritesAreTier2(t *testing.T) {
 	h := newHarness(t, qliktest.WithTier2Quota(1), qliktest.WithCompression(60)) // 5 calls in any 5s
 	admin := h.tn.AddAdminClient()
@@ -413,6 +414,7 @@ func TestGroupWritesAreTier2(t *testing.T) {
 		t.Fatal(r.status)
 	}
 	h.issue() // call 5
+	wantError(t, ah.api(http.MethodPost, "/api/v1/users", ah.bearer, map[string]string{"subject": "auth0|new"}, nil), 429, "HTTP-429")
 	r := ah.createGroup(map[string]string{"name": "h", "providerType": "custom"})
 	wantError(t, r, 429, "HTTP-429")
 	if r.header.Get("Retry-After") != "5" {
@@ -432,12 +434,25 @@ func TestGroupWritesAreTier2(t *testing.T) {
 	if r := ah.patchUser(h.user.ID, add(g.ID)); r.status != 204 {
 		t.Fatalf("after the wait: %d %s", r.status, r.body)
 	}
-	if u := h.tn.QuotaUse(); u.Admitted != 6 || u.Rejected != 2 {
+	if u := h.tn.QuotaUse(); u.Admitted != 6 || u.Rejected != 3 {
 		t.Errorf("QuotaUse %+v", u)
 	}
-	if got := h.tn.WriteCalls(); got != 6 {
-		t.Errorf("WriteCalls %d, want 6", got)
+	if got := h.tn.WriteCalls(); got != 7 {
+		t.Errorf("WriteCalls %d, want 7", got)
 	}
+}
+
+func TestRaceGroupCreate(t *testing.T) {
+	h := newAdminHarness(t)
+	h.tn.RaceGroupCreate("g")
+	decodeAs[groupDoc](t, h.createGroup(map[string]string{"name": "g"}), 201) // an IdP group does not take it
+	wantError(t, h.createGroup(map[string]string{"name": "g", "providerType": "custom"}), 409, "GROUPS-9")
+	l := decodeAs[groupList](t, h.api(http.MethodGet, groupsQuery("filter", `name eq "g" and providerType eq "custom"`), h.bearer, nil, nil), 200)
+	if len(l.Data) != 1 || l.Data[0].ProviderType != "custom" {
+		t.Fatalf("after the race: %+v", l.Data)
+	}
+	wantError(t, h.createGroup(map[string]string{"name": "g", "providerType": "custom"}), 409, "GROUPS-9")
+	decodeAs[groupDoc](t, h.createGroup(map[string]string{"name": "h", "providerType": "custom"}), 201) // used up
 }
 
 func TestGroupHooks(t *testing.T) {

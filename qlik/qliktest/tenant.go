@@ -140,7 +140,8 @@ func WithLatency(d time.Duration) Option {
 }
 
 // WithRateLimit limits /oauth/token plus /oauth/revoke, POST
-// /api/v1/groups and PATCH /api/v1/users/{id} (Qlik's Tier 2) to
+// /api/v1/users, PATCH /api/v1/users/{id} and POST /api/v1/groups (Qlik's
+// Tier 2) to
 // perMinute accepted requests in any sliding minute of the tenant clock;
 // beyond it they get 429 with Retry-After. 0 (the default) turns it off.
 func WithRateLimit(perMinute int) Option {
@@ -273,7 +274,7 @@ func (t *Tenant) routes() []route {
 		{http.MethodGet, "/api/v1/users/me", EndpointUsersMe, plain, t.handleUsersMe},
 		{http.MethodGet, "/api/v1/users/{id}", EndpointUsers, plain, t.handleGetUser},
 		{http.MethodGet, "/api/v1/users", EndpointUsers, plain, t.handleListUsers},
-		{http.MethodPost, "/api/v1/users", EndpointUsers, write, t.handleCreateUser},
+		{http.MethodPost, "/api/v1/users", EndpointUsers, tier2Write, t.handleCreateUser},
 		{http.MethodPatch, "/api/v1/users/{id}", EndpointUserPatch, tier2Write, t.handlePatchUser},
 		{http.MethodGet, "/api/v1/groups", EndpointGroups, plain, t.handleListGroups},
 		{http.MethodPost, "/api/v1/groups", EndpointGroups, tier2Write, t.handleCreateGroup},
