@@ -122,15 +122,28 @@ func (a *Admin) FindCustomGroup(ctx context.Context, name string) (Group, error)
 	if err != nil {
 		return Group{}, err
 	}
-	for _, g := range groups {
+	var untyped *Group
+	for i, g := range groups {
 		if g.ID == "" {
 			return Group{}, malformed(endpointGroups, "a group has no id")
 		}
 		// Custom names are unique, so at most one matches; should a tenant
 		// answer two, the first is as good as the other.
-		if g.Name == name && g.ProviderType == ProviderCustom {
+		switch {
+		case g.Name != name:
+		case g.ProviderType == ProviderCustom:
 			return g, nil
+		case g.ProviderType == "" && untyped == nil:
+			untyped = &groups[i]
 		}
+	}
+	if untyped != nil {
+		// The schema has providerType optional, and the filter asked for
+		// custom groups: one without it is taken as custom, after any that
+		// says so, rather than create it again and meet a 409 forever.
+		g := *untyped
+		g.ProviderType = ProviderCustom
+		return g, nil
 	}
 	return Group{}, ErrGroupNotFound
 }

@@ -286,6 +286,20 @@ func TestGroupCallsMalformedAnswers(t *testing.T) {
 	if g, err := f.api.CreateCustomGroup(ctx, "g"); err != nil || g.ProviderType != qlik.ProviderCustom {
 		t.Errorf("no providerType: %+v, %v", g, err)
 	}
+	// A listed group without providerType is taken as the custom group the
+	// filter asked for, after one that says it is custom.
+	f.tn.InjectFault(qliktest.EndpointGroups, qliktest.Fault{Status: 200, Body: `{"data":[{"id":"1","name":"g"},{"id":"2","name":"G"}]}`})
+	if g, err := f.api.FindCustomGroup(ctx, "g"); err != nil || g.ID != "1" || g.ProviderType != qlik.ProviderCustom {
+		t.Errorf("untyped: %+v, %v", g, err)
+	}
+	f.tn.InjectFault(qliktest.EndpointGroups, qliktest.Fault{Status: 200, Body: `{"data":[{"id":"1","name":"g"},{"id":"2","name":"g","providerType":"custom"}]}`})
+	if g, err := f.api.FindCustomGroup(ctx, "g"); err != nil || g.ID != "2" {
+		t.Errorf("typed after untyped: %+v, %v", g, err)
+	}
+	f.tn.InjectFault(qliktest.EndpointGroups, qliktest.Fault{Status: 200, Body: `{"data":[{"id":"1","name":"g","providerType":"idp"}]}`})
+	if _, err := f.api.FindCustomGroup(ctx, "g"); !errors.Is(err, qlik.ErrGroupNotFound) {
+		t.Errorf("an IdP group answered: %v", err)
+	}
 	// A user in no group.
 	if gs, err := f.api.UserGroups(ctx, f.user.ID); err != nil || gs == nil || len(gs) != 0 {
 		t.Errorf("UserGroups of a user in no group = %#v, %v", gs, err)
