@@ -185,6 +185,22 @@ func (t *Tenant) AssignGroup(userID, groupID string) bool {
 	return true
 }
 
+// RemoveGroup deletes group groupID and every membership of it, as an
+// admin deleting it in the console would, so that an id a client
+// remembered goes stale. It reports false for an unknown group.
+func (t *Tenant) RemoveGroup(groupID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.groups.byID[groupID]; !ok {
+		return false
+	}
+	delete(t.groups.byID, groupID)
+	for user, ids := range t.groups.members {
+		t.groups.members[user] = slices.DeleteFunc(ids, func(id string) bool { return id == groupID })
+	}
+	return true
+}
+
 // UserGroups returns the groups user userID is a member of, in the order
 // they were assigned, without the system group every user is implicitly
 // in; nil for an unknown user or one without groups.

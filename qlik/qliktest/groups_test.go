@@ -482,6 +482,15 @@ func TestGroupHooks(t *testing.T) {
 	if got := h.tn.Groups(); len(got) != 2 || got[0] != g || got[1] != idp {
 		t.Errorf("Groups = %+v", got)
 	}
+	if !h.tn.RemoveGroup(g.ID) || h.tn.RemoveGroup(g.ID) {
+		t.Error("RemoveGroup")
+	}
+	if got := h.tn.UserGroups(h.user.ID); len(got) != 1 || got[0] != idp {
+		t.Errorf("UserGroups after RemoveGroup = %+v", got)
+	}
+	if got := h.tn.Groups(); len(got) != 1 || got[0] != idp {
+		t.Errorf("Groups after RemoveGroup = %+v", got)
+	}
 	if h.tn.CallCounts() == nil || len(h.tn.CallCounts()) != 0 {
 		t.Errorf("hooks were counted as calls: %v", h.tn.CallCounts())
 	}
