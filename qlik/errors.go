@@ -21,7 +21,8 @@ var (
 	ErrInvalidRequest = errors.New("qlik: invalid request")
 
 	// ErrUserNotFound means a user search (FindUserByEmail, FindUserBySubject)
-	// matched nobody.
+	// matched nobody, or UserGroups was answered 404 (the *Error stays
+	// reachable with errors.As).
 	ErrUserNotFound = errors.New("qlik: user not found")
 
 	// ErrAmbiguousUser means a user search that should name one user matched
@@ -38,7 +39,7 @@ var (
 // opaque (Qlik publishes no catalogue of its OAUTH-n, USERS-n, HTTP-n codes):
 // decide by StatusCode, and quote TraceID, which Qlik support asks for.
 type Error struct {
-	Endpoint   string        // "token", "revoke", "users", "users-me", "oauth-clients", "oauth-client-secrets" or "oauth-client-consent"
+	Endpoint   string        // "token", "revoke", "users", "users-me", "groups", "oauth-clients", "oauth-client-secrets" or "oauth-client-consent"
 	StatusCode int           // HTTP status
 	Code       string        // first errors[].code (e.g. OAUTH-14), or the RFC 6749 "error"
 	Title      string        // errors[].title, or error_description

@@ -1,6 +1,8 @@
 // Package qliktest is an in-process fake Qlik Cloud tenant that follows
 // shared/qlik-api.md: /oauth/token, /oauth/revoke, the users API
-// (/api/v1/users, /api/v1/users/{id}, /api/v1/users/me) and the OAuth clients API
+// (/api/v1/users, /api/v1/users/{id} with its membership patches,
+// /api/v1/users/me), the groups API (/api/v1/groups, groups.go,
+// membership.go) and the OAuth clients API
 // (/api/v1/oauth-clients and its client-secrets and connection-configs/me)
 // over real HTTP, with real ES384 JWT access tokens, an injectable clock,
 // latency, a per-tenant Tier-2 rate limit, a FIFO queue of injected faults per
@@ -99,12 +101,14 @@ type Tenant struct {
 	faults     map[Endpoint][]Fault
 	rateWindow []time.Time // accepted Tier-2 requests in the last minute, oldest first
 	calls      map[Endpoint]int
+	routeCalls map[Call]int // calls.go; made on the first call
 	writes     int
 	userCalls  map[string]int
 	issued     int
 	assertions assertionState
 
 	exchange exchangeState                // token exchange (exchange.go)
+	groups   groupState                   // groups and memberships (groups.go, membership.go), under mu
 	runtime  atomic.Pointer[embedRuntime] // ServeEmbedRuntime (embedruntime.go)
 }
 
@@ -135,9 +139,11 @@ func WithLatency(d time.Duration) Option {
 	return func(t *Tenant) { t.latency = max(d, 0) }
 }
 
-// WithRateLimit limits /oauth/token plus /oauth/revoke (Qlik's Tier 2) to
-// perMinute accepted requests in any sliding minute of the tenant clock;
-// beyond it they get 429 with Retry-After. 0 (the default) turns it off.
+// WithRateLimit limits /oauth/token plus /oauth/revoke and the admin writes
+// of Qlik's Tier 2 (POST /api/v1/users, PATCH /api/v1/users/{id}, POST
+// /api/v1/groups) to perMinute accepted requests in any sliding minute of
+// the tenant clock; beyond it they get 429 with Retry-After. 0 (the
+// default) turns it off.
 func WithRateLimit(perMinute int) Option {
 	return func(t *Tenant) { t.rateLimit = max(perMinute, 0) }
 }
@@ -257,6 +263,10 @@ const (
 	write           // an admin API call that changes state: counted by WriteCalls
 )
 
+// tier2Write is an admin write that section 9 puts in Tier 2: counted by
+// WriteCalls, and subject to the quota and WithRateLimit (not WithLatency).
+const tier2Write = write + 1
+
 // routes is the routing table: one line per endpoint and method.
 func (t *Tenant) routes() []route {
 	const clients, client = "/api/v1/oauth-clients", "/api/v1/oauth-clients/{id}"
@@ -266,7 +276,11 @@ func (t *Tenant) routes() []route {
 		{http.MethodGet, "/api/v1/users/me", EndpointUsersMe, plain, t.handleUsersMe},
 		{http.MethodGet, "/api/v1/users/{id}", EndpointUsers, plain, t.handleGetUser},
 		{http.MethodGet, "/api/v1/users", EndpointUsers, plain, t.handleListUsers},
-		{http.MethodPost, "/api/v1/users", EndpointUsers, write, t.handleCreateUser},
+		{http.MethodPost, "/api/v1/users", EndpointUsers, tier2Write, t.handleCreateUser},
+		{http.MethodPatch, "/api/v1/users/{id}", EndpointUserPatch, tier2Write, t.handlePatchUser},
+		{http.MethodGet, "/api/v1/groups", EndpointGroups, plain, t.handleListGroups},
+		{http.MethodPost, "/api/v1/groups", EndpointGroups, tier2Write, t.handleCreateGroup},
+		{http.MethodGet, "/api/v1/groups/{id}", EndpointGroups, plain, t.handleGetGroup},
 		{http.MethodGet, clients, EndpointOAuthClients, plain, t.handleListClients},
 		{http.MethodPost, clients, EndpointOAuthClients, write, t.handleCreateClient},
 		{http.MethodGet, client, EndpointOAuthClients, plain, t.handleGetClient},
@@ -353,7 +367,11 @@ func (t *Tenant) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.calls[rt.endpoint]++
-	if rt.kind == write {
+	if t.routeCalls == nil {
+		t.routeCalls = make(map[Call]int)
+	}
+	t.routeCalls[callOf(rt)]++
+	if rt.kind == write || rt.kind == tier2Write {
 		t.writes++
 	}
 	fault, faulted := t.popFaultLocked(rt.endpoint)
@@ -375,7 +393,7 @@ func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 		badRequest("The request body could not be read or is too large.").write(w)
 		return
 	}
-	if rt.kind == tier2 {
+	if rt.kind == tier2 || rt.kind == tier2Write {
 		if wait, ok := t.admit(); !ok {
 			secs := int((wait + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
@@ -458,23 +476,25 @@ func (t *Tenant) IssuedTokens() int {
 }
 
 // WriteCalls returns how many requests reached an admin API method that
-// changes state (POST, PATCH, DELETE under /api/v1/users and
-// /api/v1/oauth-clients), refused and faulted ones included: a provisioning
-// run that finds everything in place should make none.
+// changes state (POST, PATCH, DELETE under /api/v1/users, /api/v1/groups
+// and /api/v1/oauth-clients), refused and faulted ones included: a
+// provisioning run that finds everything in place should make none.
 func (t *Tenant) WriteCalls() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.writes
 }
 
-// ResetCounters zeroes Calls, WriteCalls, UserTokenCalls, IssuedTokens and
-// Exchanges. Tenant state (clients, users, tokens, faults, rate-limit
-// window) is kept.
+// ResetCounters zeroes Calls, CallsTo, WriteCalls, UserTokenCalls,
+// IssuedTokens and Exchanges and empties UserPatches. Tenant state
+// (clients, users, groups, tokens, faults, rate-limit window) is kept.
 func (t *Tenant) ResetCounters() {
 	t.exchange.resetCount()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	clear(t.calls)
+	clear(t.routeCalls)
+	t.groups.patches = nil
 	clear(t.userCalls)
 	t.writes = 0
 	t.issued = 0
