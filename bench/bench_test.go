@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -143,5 +145,27 @@ PASS
 		if got[i] != want[i] {
 			t.Errorf("line %d: got %+v, want %+v", i, got[i], want[i])
 		}
+	}
+}
+
+// TestMemoryFrom: -memory-from renders a later run's memory step in place
+// of the earlier one's, says which run it is, and judges the goal on it.
+func TestMemoryFrom(t *testing.T) {
+	r := &Results{Memory: Memory{Points: []MemPoint{{Users: 0, RSS: 20 << 20}, {Users: 10_000, RSS: 70 << 20}}}}
+	r.Goals = goals(r)
+	m := &Results{Settings: Settings{Command: "go run ./bench -only memory", BrokerSource: "sha256:new"}, Started: "2026-12-03T17:00:00Z",
+		Memory: Memory{Points: []MemPoint{{Users: 0, RSS: 20 << 20}, {Users: 10_000, RSS: 50 << 20}}}}
+	takeMemory(r, m)
+	if len(r.Goals) != 1 || !r.Goals[0].Met || r.Goals[0].Measured != "50.0 MiB" {
+		t.Fatalf("goals after taking the later memory step: %+v", r.Goals)
+	}
+	out := renderTables(r, "")
+	for _, s := range []string{"| 10000 | 50.0 |", "`go run ./bench -only memory`, started 2026-12-03T17:00:00Z, broker built from sha256:new"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("report lacks %q:\n%s", s, out)
+		}
+	}
+	if _, err := parseFlags([]string{"-memory-from", "x.json"}, io.Discard); err == nil {
+		t.Error("-memory-from without -from was accepted")
 	}
 }

@@ -10,6 +10,8 @@
 //	go run ./bench -out bench/results                  # the suite, about 7 minutes on 2 cores
 //	go run ./bench -quick -out /tmp/bench              # a 1-minute smoke run
 //	go run ./bench -from bench/results/results.json -markdown docs/benchmarks.md
+//	go run ./bench -only memory -out bench/results/memory   # the memory step alone, 2 minutes
+//	go run ./bench -from bench/results/results.json -memory-from bench/results/memory/results.json -markdown docs/benchmarks.md
 //	go run ./bench -day -out bench/results/day       # a compressed working day (docs/capacity.md), 10 minutes
 //
 // The run writes results.json and PNG plots to -out. With -markdown it also
@@ -58,6 +60,7 @@ func main() {
 type options struct {
 	out         string
 	from        string
+	memoryFrom  string // -memory-from: the memory step of a later run
 	markdown    string
 	quick       bool
 	duration    time.Duration
@@ -91,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.out, "out", "bench/results", "directory for results.json and the PNG plots")
 	fs.StringVar(&o.from, "from", "", "render an earlier results.json instead of measuring")
+	fs.StringVar(&o.memoryFrom, "memory-from", "", "with -from: take the memory step from this later results.json (a run with -only memory)")
 	fs.StringVar(&o.markdown, "markdown", "", "markdown file whose generated section is rewritten (plots go to img/ beside it)")
 	fs.BoolVar(&o.quick, "quick", false, "1-minute smoke run: 3s phases, 200 hot users, RSS at 1k and 10k users, no testing.B")
 	fs.DurationVar(&o.duration, "duration", 25*time.Second, "length of each measured phase (two per scenario)")
@@ -172,6 +176,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	slices.Sort(o.memUsers)
 	o.memUsers = slices.Compact(o.memUsers)
 	switch {
+	case o.memoryFrom != "" && o.from == "":
+		return o, errors.New("-memory-from needs -from (the run whose other parts are rendered)")
 	case o.duration <= 0 || o.duration > 10*time.Minute:
 		return o, errors.New("-duration must be in (0, 10m]")
 	case o.warmup < 0 || o.warmup > time.Minute:
@@ -216,6 +222,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		r, err := readResults(o.from)
 		if err != nil {
 			return err
+		}
+		if o.memoryFrom != "" {
+			m, err := readResults(o.memoryFrom)
+			if err != nil {
+				return err
+			}
+			takeMemory(r, m)
 		}
 		return publish(o, r, stdout, false)
 	}

@@ -187,6 +187,10 @@ func renderTables(r *Results, imgRel string) string {
 	if len(r.Memory.Points) > 0 || r.Memory.Error != "" {
 		w("\n### Broker memory vs cached users\n\n")
 		w("One broker (Redis, L1 default), users warmed through the API (%d at a time); VmRSS read 2 s after each step.\n\n", st.WarmConcurrency)
+		if ri := r.Memory.Run; ri != nil {
+			w("Measured in a later run than the tables above: `%s`, started %s, broker built from %s, on %s (nproc %d), %s.\n\n",
+				ri.Command, ri.Started, ri.BrokerSource, ri.CPUModel, ri.NumCPU, ri.GoVersion)
+		}
 		w("| cached users | RSS MiB | peak RSS MiB | Go heap in use MiB | RSS above idle, bytes/user |\n|--:|--:|--:|--:|--:|\n")
 		var idle int64
 		for _, p := range r.Memory.Points {

@@ -141,6 +141,31 @@ type Memory struct {
 	// from the warm-up, in microseconds.
 	ColdCPUPerReq float64 `json:"cold_cpu_us_per_request"`
 	Error         string  `json:"error,omitempty"`
+	// Run is set when the step comes from another run than the rest of
+	// the report (-memory-from).
+	Run *RunInfo `json:"run,omitempty"`
+}
+
+// RunInfo says which run a part of a report comes from, when it is not
+// the run of the rest (-memory-from).
+type RunInfo struct {
+	Command      string `json:"command"`
+	Started      string `json:"started"`
+	BrokerSource string `json:"broker_source"`
+	CPUModel     string `json:"cpu_model"`
+	NumCPU       int    `json:"nproc"`
+	GoVersion    string `json:"go_version"`
+}
+
+// takeMemory replaces r's memory step with the one later run m measured,
+// saying where it comes from, and reports the goals again.
+func takeMemory(r, m *Results) {
+	r.Memory = m.Memory
+	if r.Memory.Run == nil {
+		r.Memory.Run = &RunInfo{Command: m.Settings.Command, Started: m.Started, BrokerSource: m.Settings.BrokerSource,
+			CPUModel: m.Machine.CPUModel, NumCPU: m.Machine.NumCPU, GoVersion: m.Machine.GoVersion}
+	}
+	r.Goals = goals(r)
 }
 
 // MemPoint is one reading after warming Users users.

@@ -16,82 +16,152 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/qlik"
 )
 
-// The answer to a token request is built once per token, when it enters
-// the process, so an L1 hit costs no decoding, hashing, JSON encoding or
-// allocation. docs/benchmarks.md ("What was changed to get there") gives
+// What an answer to a token request needs is prepared once per token, when
+// it enters the process, so an L1 hit costs no decoding, hashing, JSON
+// encoding or allocation. docs/benchmarks.md ("What was changed to get there") gives
 // the measurements behind each trick here; BenchmarkToken and
 // BenchmarkTokenHandler guard them.
 
 // cached is a token as the broker serves it. Everything a hit needs is
-// computed once, when the token enters the process: the decoded token, its
-// refresh point and its JSON answer (all but expires_in), so a hit costs
-// no decoding, hashing or JSON encoding. It is immutable once built, but
-// for checkAt.
+// ready when the token enters the process (its refresh point, its JSON
+// escaping), so a hit costs no decoding, hashing, JSON encoding or
+// allocation. It is immutable once built, but for checkAt.
+//
+// It holds the token's bytes once: the access token string is the text
+// answer, and the JSON answer is assembled around it per request (its
+// constant parts, the token, the scope, expires_at and expires_in) in a
+// pooled buffer, byte for byte what encoding/json writes. An L1 entry is
+// a cached user's memory: docs/benchmarks.md ("Memory per cached user")
+// has the heap profile behind this layout.
 type cached struct {
-	tok       qlik.Token
-	refreshAt time.Time
-	jsonHead  []byte // the JSON answer up to the value of "expires_in"
-	text      []byte // the access token: the text/plain answer
+	tok qlik.Token
+	// refreshAt (Unix nanoseconds) is when the background refresh is due.
+	refreshAt int64
 	// checkAt (Unix nanoseconds, the broker's clock) is when L1 next asks
 	// Redis about this token, with Shared set: the copy stays in L1 for
 	// the token's life, and L1TTL bounds how long it is served unchecked
 	// (recheck.go).
 	checkAt atomic.Int64
+	// esc holds the token and scope as JSON strings when either has a
+	// character encoding/json escapes; nil for every JWT and plain scope.
+	esc *escaped
 }
 
+// escaped are a token's and scope's JSON strings, quotes included.
+type escaped struct{ token, scope []byte }
+
 func (b *Broker) newCached(key string, tok qlik.Token) *cached {
-	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok), jsonHead: renderTokenHead(tok)}
+	tok.Scope = internScope(tok.Scope)
+	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok).UnixNano()}
 	if b.shared != nil {
 		c.checkAt.Store(b.now().Add(b.l1TTL).UnixNano())
 	}
-	if end := accessTokenAt + len(tok.AccessToken); len(tok.AccessToken) > 0 && len(c.jsonHead) > end &&
-		string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {
-		// The token is in the answer unescaped (every JWT is): the text
-		// answer and the token itself are that part of it, so each cached
-		// user holds the token's bytes once, not three times. Nothing
-		// writes to jsonHead once it is rendered.
-		c.text = c.jsonHead[accessTokenAt:end:end]
-		c.tok.AccessToken = unsafe.String(unsafe.SliceData(c.text), len(c.text))
-	} else {
-		c.text = []byte(tok.AccessToken)
+	if !plainJSON(tok.AccessToken) || !plainJSON(tok.Scope) {
+		c.esc = &escaped{token: appendJSONString(nil, tok.AccessToken), scope: appendJSONString(nil, tok.Scope)}
 	}
 	return c
 }
 
-// renderTokenHead renders the JSON answer for tok up to the value of
-// "expires_in", the seconds left, which is all that changes between two
-// answers with the same token:
-//
-//	{"access_token":"…","token_type":"bearer","scope":"…","expires_at":"…","expires_in":
-//
-// It runs once per token entering the process, so answers from L1 cost no
-// JSON encoding (echo's reflective encoder was a quarter of an L1 hit's
-// CPU). Strings are escaped exactly as encoding/json escapes them.
-func renderTokenHead(tok qlik.Token) []byte {
-	const expiresAtLayout = "2006-01-02T15:04:05.000Z07:00"
-	b := make([]byte, 0, len(`{"access_token":"","token_type":"bearer","scope":"","expires_at":"","expires_in":`)+
-		len(tok.AccessToken)+len(tok.Scope)+len(expiresAtLayout)+16)
-	b = append(b, `{"access_token":`...)
-	b = appendJSONString(b, tok.AccessToken)
-	b = append(b, `,"token_type":"bearer","scope":`...)
-	b = appendJSONString(b, tok.Scope)
-	b = append(b, `,"expires_at":"`...)
-	b = tok.ExpiresAt.UTC().AppendFormat(b, expiresAtLayout)
-	return append(b, `","expires_in":`...)
+// text is the text/plain answer: the access token's own bytes, which
+// nothing writes to.
+func (c *cached) text() []byte {
+	return unsafe.Slice(unsafe.StringData(c.tok.AccessToken), len(c.tok.AccessToken))
 }
 
-// accessTokenAt is where the access token starts in a rendered head.
-const accessTokenAt = len(`{"access_token":"`)
+// appendJSON appends the JSON answer for the token with expiresIn seconds
+// left:
+//
+//	{"access_token":"…","token_type":"bearer","scope":"…","expires_at":"…","expires_in":…}
+//
+// Strings are escaped exactly as encoding/json escapes them, so answers
+// from L1 cost no JSON encoding (echo's reflective encoder was a quarter
+// of an L1 hit's CPU) and no allocation when b has room.
+func (c *cached) appendJSON(b []byte, expiresIn int64) []byte {
+	b = append(b, `{"access_token":`...)
+	if c.esc != nil {
+		b = append(b, c.esc.token...)
+	} else {
+		b = append(append(append(b, '"'), c.tok.AccessToken...), '"')
+	}
+	b = append(b, `,"token_type":"bearer","scope":`...)
+	if c.esc != nil {
+		b = append(b, c.esc.scope...)
+	} else {
+		b = append(append(append(b, '"'), c.tok.Scope...), '"')
+	}
+	b = append(b, `,"expires_at":"`...)
+	b = appendExpiresAt(b, c.tok.ExpiresAt)
+	b = append(b, `","expires_in":`...)
+	b = strconv.AppendInt(b, expiresIn, 10)
+	return append(b, "}\n"...)
+}
 
-// appendJSONString appends s as a JSON string. Strings of printable ASCII
-// without characters encoding/json escapes (every JWT and scope) are
-// copied as they are; anything else goes through encoding/json.
-func appendJSONString(b []byte, s string) []byte {
+// expiresAtLayout is how expires_at is written: UTC, milliseconds.
+const expiresAtLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// appendExpiresAt appends t as time.Format(expiresAtLayout) in UTC would,
+// digit by digit for four-digit years (a fifth of AppendFormat's time on
+// every JSON answer).
+func appendExpiresAt(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, expiresAtLayout)
+	}
+	hour, minute, sec := t.Clock()
+	ms := t.Nanosecond() / int(time.Millisecond)
+	d := func(v int) (byte, byte) { return byte('0' + v/10), byte('0' + v%10) }
+	y1, y2 := d(year / 100)
+	y3, y4 := d(year % 100)
+	mo1, mo2 := d(int(month))
+	d1, d2 := d(day)
+	h1, h2 := d(hour)
+	mi1, mi2 := d(minute)
+	s1, s2 := d(sec)
+	return append(b, y1, y2, y3, y4, '-', mo1, mo2, '-', d1, d2, 'T', h1, h2, ':', mi1, mi2, ':', s1, s2,
+		'.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10), 'Z')
+}
+
+// scopes interns granted scopes: a tenant grants the same one or few
+// scope strings to every user, so each cached token need not hold its
+// own copy. Bounded, since a tenant decides what it grants.
+var scopes struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func internScope(s string) string {
+	scopes.mu.Lock()
+	defer scopes.mu.Unlock()
+	if v, ok := scopes.m[s]; ok {
+		return v
+	}
+	if scopes.m == nil || len(scopes.m) >= 64 {
+		scopes.m = make(map[string]string)
+	}
+	s = strings.Clone(s) // never a part of a larger string
+	scopes.m[s] = s
+	return s
+}
+
+// plainJSON reports whether s is written in JSON as it is, between
+// quotes: printable ASCII without the characters encoding/json escapes
+// (every JWT and scope).
+func plainJSON(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string: cannot fail
-			return append(b, q...)
+			return false
 		}
+	}
+	return true
+}
+
+// appendJSONString appends s as a JSON string, as encoding/json writes
+// it.
+func appendJSONString(b []byte, s string) []byte {
+	if !plainJSON(s) {
+		q, _ := json.Marshal(s) // a string: cannot fail
+		return append(b, q...)
 	}
 	b = append(b, '"')
 	b = append(b, s...)
@@ -122,13 +192,11 @@ func (a *API) writeToken(c echo.Context, tok *cached) error {
 	h["Pragma"] = hdrNoCache
 	if prefersText(c.Request().Header.Get(echo.HeaderAccept)) {
 		h[echo.HeaderContentType] = hdrText // Blob keeps a set Content-Type
-		return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, tok.text)
+		return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, tok.text())
 	}
 	h[echo.HeaderContentType] = hdrJSON
 	buf := answerBufs.Get().(*[]byte)
-	body := append((*buf)[:0], tok.jsonHead...)
-	body = strconv.AppendInt(body, int64(tok.tok.ExpiresAt.Sub(a.broker.now())/time.Second), 10)
-	body = append(body, "}\n"...)
+	body := tok.appendJSON((*buf)[:0], int64(tok.tok.ExpiresAt.Sub(a.broker.now())/time.Second))
 	err := c.Blob(http.StatusOK, echo.MIMEApplicationJSON, body)
 	*buf = body
 	answerBufs.Put(buf)
@@ -180,7 +248,10 @@ func decodeToken(raw []byte) (qlik.Token, error) {
 		if len(rest) < 2+n {
 			return "", false
 		}
-		v := string(rest[2 : 2+n])
+		v := "bearer" // every token's type: not 8 bytes of each cached user's heap
+		if string(rest[2:2+n]) != v {
+			v = string(rest[2 : 2+n])
+		}
 		rest = rest[2+n:]
 		return v, true
 	}

@@ -20,7 +20,7 @@
 // logout.go (eviction and revocation, tombstones, retries), refusals.go
 // (remembered refusals), budget.go (per-identity token-call budgets),
 // priority.go (requests before refreshes), keys.go (Redis key names),
-// answer.go (the cached, pre-rendered answer and the stored codec),
+// answer.go (the cached token ready to answer, and the stored codec),
 // tenants.go (the registry), upstream.go and credentials.go (one tenant's
 // client: credentials and refusals), directory.go (emails to users),
 // guard.go (the road), routes.go, cors.go, instrument.go, proxy.go,

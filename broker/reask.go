@@ -138,7 +138,7 @@ func (a *API) refusedToken(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		have := sha256.Sum256(cur.text)
+		have := sha256.Sum256(cur.text())
 		result := reaskMismatch
 		if subtle.ConstantTimeCompare(have[:], sum) == 1 {
 			result = a.reask.check(ctx, a, id, cur.tok.AccessToken, hex.EncodeToString(have[:]))

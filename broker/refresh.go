@@ -35,7 +35,7 @@ func (b *Broker) refreshAt(key string, tok qlik.Token) time.Time {
 // maybeRefresh starts the background refresh of a served token once it is
 // due, at most one per key at a time in this process.
 func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, c *cached, now time.Time) {
-	if now.Before(c.refreshAt) {
+	if now.UnixNano() < c.refreshAt {
 		return
 	}
 	b.refreshMu.Lock()

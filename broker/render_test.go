@@ -3,7 +3,6 @@ package broker
 import (
 	"bytes"
 	"encoding/json"
-	"strconv"
 	"testing"
 	"time"
 
@@ -32,13 +31,12 @@ func checkRendered(t testing.TB, tok qlik.Token, expiresIn int64) {
 	t.Helper()
 	b := &Broker{}
 	c := b.newCached("qtb:tok:acme:{x}", tok)
-	got := append(append([]byte{}, c.jsonHead...), strconv.FormatInt(expiresIn, 10)...)
-	got = append(got, "}\n"...)
+	got := c.appendJSON(nil, expiresIn)
 	if want := wantTokenAnswer(t, tok, expiresIn); !bytes.Equal(got, want) {
 		t.Fatalf("answer for %q, %q:\n got %s\nwant %s", tok.AccessToken, tok.Scope, got, want)
 	}
-	if string(c.text) != tok.AccessToken {
-		t.Fatalf("text answer = %q, want %q", c.text, tok.AccessToken)
+	if string(c.text()) != tok.AccessToken {
+		t.Fatalf("text answer = %q, want %q", c.text(), tok.AccessToken)
 	}
 	if c.tok.AccessToken != tok.AccessToken || c.tok.Scope != tok.Scope || !c.tok.ExpiresAt.Equal(tok.ExpiresAt) {
 		t.Fatalf("cached token %+v, want %+v", c.tok, tok)

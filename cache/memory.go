@@ -2,6 +2,7 @@ package cache
 
 import (
 	"container/heap"
+	"math"
 	"sync"
 	"time"
 )
@@ -31,6 +32,11 @@ type MemoryOptions struct {
 type Memory[V any] struct {
 	max int
 	now func() time.Time
+	// epoch is the clock's reading at NewMemory: expiries are held as
+	// time since it, 8 bytes instead of a time.Time's 24, in an entry
+	// per cached user. Sub keeps the monotonic reading's protection
+	// against wall clock steps, as comparing time.Times did.
+	epoch time.Time
 
 	mu      sync.Mutex
 	entries map[string]*entry[V]
@@ -40,8 +46,8 @@ type Memory[V any] struct {
 type entry[V any] struct {
 	key     string
 	value   V
-	expires time.Time
-	index   int // position in byExp
+	expires time.Duration // since epoch
+	index   int           // position in byExp
 }
 
 // NewMemory returns an empty Memory.
@@ -55,6 +61,7 @@ func NewMemory[V any](opts MemoryOptions) *Memory[V] {
 	return &Memory[V]{
 		max:     opts.MaxEntries,
 		now:     opts.Now,
+		epoch:   opts.Now(),
 		entries: make(map[string]*entry[V]),
 	}
 }
@@ -62,14 +69,14 @@ func NewMemory[V any](opts MemoryOptions) *Memory[V] {
 // Get returns the value stored under key; ok is false when it is absent or
 // expired.
 func (m *Memory[V]) Get(key string) (value V, ok bool) {
-	now := m.now()
+	now := m.since(m.now())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.entries[key]
 	if !ok {
 		return value, false
 	}
-	if !now.Before(e.expires) {
+	if now >= e.expires {
 		m.remove(e)
 		return value, false
 	}
@@ -82,8 +89,8 @@ func (m *Memory[V]) Set(key string, value V, ttl time.Duration) error {
 	if ttl <= 0 {
 		return ErrInvalidTTL
 	}
-	now := m.now()
-	expires := now.Add(ttl)
+	now := m.since(m.now())
+	expires := now + min(ttl, math.MaxInt64-max(now, 0)) // saturated
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -115,7 +122,7 @@ func (m *Memory[V]) Delete(key string) {
 
 // Len returns the number of unexpired entries.
 func (m *Memory[V]) Len() int {
-	now := m.now()
+	now := m.since(m.now())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dropExpired(now)
@@ -134,11 +141,14 @@ func (m *Memory[V]) Close() error {
 
 // dropExpired removes every entry expired at now. Expired entries are the
 // soonest to expire, so they sit at the top of the heap.
-func (m *Memory[V]) dropExpired(now time.Time) {
-	for len(m.byExp) > 0 && !now.Before(m.byExp[0].expires) {
+func (m *Memory[V]) dropExpired(now time.Duration) {
+	for len(m.byExp) > 0 && now >= m.byExp[0].expires {
 		m.remove(m.byExp[0])
 	}
 }
+
+// since is t as the time since epoch (saturated at the Duration range).
+func (m *Memory[V]) since(t time.Time) time.Duration { return t.Sub(m.epoch) }
 
 func (m *Memory[V]) remove(e *entry[V]) {
 	heap.Remove(&m.byExp, e.index)
@@ -149,7 +159,7 @@ func (m *Memory[V]) remove(e *entry[V]) {
 type expiryHeap[V any] []*entry[V]
 
 func (h expiryHeap[V]) Len() int           { return len(h) }
-func (h expiryHeap[V]) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h expiryHeap[V]) Less(i, j int) bool { return h[i].expires < h[j].expires }
 func (h expiryHeap[V]) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].index = i
@@ -175,7 +185,7 @@ func (h *expiryHeap[V]) Pop() any {
 // the lock so that the caller may take its time over them (and call into
 // the Memory) without holding anything.
 func (m *Memory[V]) Snapshot() (keys []string, values []V) {
-	now := m.now()
+	now := m.since(m.now())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dropExpired(now)

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -210,7 +211,7 @@ func checkMemoryInvariants(t *testing.T, m byteMemory, maxEntries int) {
 		if m.entries[e.key] != e {
 			t.Fatalf("heap[%d] (%q) is not the map's entry", i, e.key)
 		}
-		if i > 0 && e.expires.Before(m.byExp[(i-1)/2].expires) {
+		if i > 0 && e.expires < m.byExp[(i-1)/2].expires {
 			t.Fatalf("heap order broken at %d", i)
 		}
 	}
@@ -229,5 +230,20 @@ func TestMemorySnapshot(t *testing.T) {
 	m.Delete("a") // the snapshot is a copy
 	if keys[0] != "a" || m.Len() != 0 {
 		t.Fatal("the snapshot changed with the Memory")
+	}
+}
+
+// TestMemoryLongTTL: a ttl past the end of the clock's range keeps the
+// entry rather than overflowing into the past.
+func TestMemoryLongTTL(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	m := NewMemory[int](MemoryOptions{Now: func() time.Time { return now }})
+	now = now.Add(time.Hour)
+	if err := m.Set("k", 1, time.Duration(math.MaxInt64)); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(100 * 365 * 24 * time.Hour)
+	if v, ok := m.Get("k"); !ok || v != 1 {
+		t.Fatalf("Get = %d, %v after a century; want 1, true", v, ok)
 	}
 }
