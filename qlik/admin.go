@@ -35,7 +35,7 @@ func QuoteFilterValue(s string) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-// Admin calls the tenant's admin APIs (users, oauth-clients and their
+// Admin calls the tenant's admin APIs (users, groups, oauth-clients and their
 // secrets and consent) with a token from its TokenSource on every call, so
 // callers pass no bearer. Most calls need a token with scope admin_classic:
 // an admin client's, from ClientCredentials wrapped in ReuseTokenSource. It

@@ -38,7 +38,7 @@ var (
 // opaque (Qlik publishes no catalogue of its OAUTH-n, USERS-n, HTTP-n codes):
 // decide by StatusCode, and quote TraceID, which Qlik support asks for.
 type Error struct {
-	Endpoint   string        // "token", "revoke", "users", "users-me", "oauth-clients", "oauth-client-secrets" or "oauth-client-consent"
+	Endpoint   string        // "token", "revoke", "users", "users-me", "groups", "oauth-clients", "oauth-client-secrets" or "oauth-client-consent"
 	StatusCode int           // HTTP status
 	Code       string        // first errors[].code (e.g. OAUTH-14), or the RFC 6749 "error"
 	Title      string        // errors[].title, or error_description

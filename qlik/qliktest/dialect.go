@@ -122,11 +122,12 @@ func writeErrorBody(w http.ResponseWriter, status int, code, title, detail strin
 // newTraceID returns a trace id shaped like Qlik's: 16 zeros, 16 hex digits.
 func newTraceID() string { return "0000000000000000" + randomHex(8) }
 
-// usersPath reports whether a request path belongs to the users API, whose
-// errors type status as a number (router refusals and injected faults
-// included).
+// usersPath reports whether a request path belongs to the users or the
+// groups API, whose errors type status as a number (router refusals and
+// injected faults included).
 func usersPath(path string) bool {
-	return path == "/api/v1/users" || strings.HasPrefix(path, "/api/v1/users/")
+	return path == "/api/v1/users" || strings.HasPrefix(path, "/api/v1/users/") ||
+		path == "/api/v1/groups" || strings.HasPrefix(path, "/api/v1/groups/")
 }
 
 // oauthError is a refusal of /oauth/*.

@@ -16,6 +16,8 @@ const (
 	EndpointUsersMe Endpoint = "users_me" // GET /api/v1/users/me
 
 	EndpointUsers            Endpoint = "users"             // GET, POST /api/v1/users; GET /api/v1/users/{id}
+	EndpointUserPatch        Endpoint = "user_patch"        // PATCH /api/v1/users/{id} (membership.go)
+	EndpointGroups           Endpoint = "groups"            // GET, POST /api/v1/groups; GET /api/v1/groups/{id} (groups.go)
 	EndpointOAuthClients     Endpoint = "oauth_clients"     // GET, POST /api/v1/oauth-clients; GET, PATCH, DELETE /api/v1/oauth-clients/{id}
 	EndpointClientSecrets    Endpoint = "client_secrets"    // POST .../{id}/client-secrets, DELETE .../{id}/client-secrets/{hint}
 	EndpointConnectionConfig Endpoint = "connection_config" // GET, PATCH .../{id}/connection-configs/me

@@ -22,8 +22,9 @@ import (
 // QuotaWindow is the window Qlik evaluates Tier-2 rates over.
 const QuotaWindow = 5 * time.Minute
 
-// WithTier2Quota turns on the Tier-2 quota model for /oauth/token and
-// /oauth/revoke: perMinute calls a (simulated) minute, evaluated over a
+// WithTier2Quota turns on the Tier-2 quota model for /oauth/token,
+// /oauth/revoke, POST /api/v1/groups and PATCH /api/v1/users/{id} (section
+// 9; all in the one count): perMinute calls a (simulated) minute, evaluated over a
 // sliding QuotaWindow. Qlik's Tier 2 is 100. 0 (the default) turns it off.
 // It is independent of WithRateLimit; with both, a call must pass both.
 func WithTier2Quota(perMinute int) Option {

@@ -1,6 +1,8 @@
 // Package qliktest is an in-process fake Qlik Cloud tenant that follows
 // shared/qlik-api.md: /oauth/token, /oauth/revoke, the users API
-// (/api/v1/users, /api/v1/users/{id}, /api/v1/users/me) and the OAuth clients API
+// (/api/v1/users, /api/v1/users/{id} with its membership patches,
+// /api/v1/users/me), the groups API (/api/v1/groups, groups.go,
+// membership.go) and the OAuth clients API
 // (/api/v1/oauth-clients and its client-secrets and connection-configs/me)
 // over real HTTP, with real ES384 JWT access tokens, an injectable clock,
 // latency, a per-tenant Tier-2 rate limit, a FIFO queue of injected faults per
@@ -99,12 +101,14 @@ type Tenant struct {
 	faults     map[Endpoint][]Fault
 	rateWindow []time.Time // accepted Tier-2 requests in the last minute, oldest first
 	calls      map[Endpoint]int
+	routeCalls map[Call]int // calls.go
 	writes     int
 	userCalls  map[string]int
 	issued     int
 	assertions assertionState
 
 	exchange exchangeState                // token exchange (exchange.go)
+	groups   groupState                   // groups and memberships (groups.go, membership.go), under mu
 	runtime  atomic.Pointer[embedRuntime] // ServeEmbedRuntime (embedruntime.go)
 }
 
@@ -135,7 +139,8 @@ func WithLatency(d time.Duration) Option {
 	return func(t *Tenant) { t.latency = max(d, 0) }
 }
 
-// WithRateLimit limits /oauth/token plus /oauth/revoke (Qlik's Tier 2) to
+// WithRateLimit limits /oauth/token plus /oauth/revoke, POST
+// /api/v1/groups and PATCH /api/v1/users/{id} (Qlik's Tier 2) to
 // perMinute accepted requests in any sliding minute of the tenant clock;
 // beyond it they get 429 with Retry-After. 0 (the default) turns it off.
 func WithRateLimit(perMinute int) Option {
@@ -155,19 +160,20 @@ func NewOnAddr(addr string, opts ...Option) (*Tenant, error) {
 		return nil, fmt.Errorf("qliktest: generating signing key: %w", err)
 	}
 	t := &Tenant{
-		now:       time.Now,
-		lifetime:  6 * time.Hour,
-		key:       key,
-		done:      make(chan struct{}),
-		served:    make(chan struct{}),
-		clients:   make(map[string]*clientRecord),
-		users:     make(map[string]*User),
-		userSeq:   make(map[string]int64),
-		subjects:  make(map[string]string),
-		revoked:   make(map[string]time.Time),
-		faults:    make(map[Endpoint][]Fault),
-		calls:     make(map[Endpoint]int),
-		userCalls: make(map[string]int),
+		now:        time.Now,
+		lifetime:   6 * time.Hour,
+		key:        key,
+		done:       make(chan struct{}),
+		served:     make(chan struct{}),
+		clients:    make(map[string]*clientRecord),
+		users:      make(map[string]*User),
+		userSeq:    make(map[string]int64),
+		subjects:   make(map[string]string),
+		revoked:    make(map[string]time.Time),
+		faults:     make(map[Endpoint][]Fault),
+		calls:      make(map[Endpoint]int),
+		routeCalls: make(map[Call]int),
+		userCalls:  make(map[string]int),
 	}
 	for _, o := range opts {
 		o(t)
@@ -252,9 +258,10 @@ type route struct {
 type routeKind int
 
 const (
-	plain routeKind = iota
-	tier2           // /oauth/*: subject to WithLatency and WithRateLimit
-	write           // an admin API call that changes state: counted by WriteCalls
+	plain      routeKind = iota
+	tier2                // /oauth/*: subject to WithLatency and WithRateLimit
+	write                // an admin API call that changes state: counted by WriteCalls
+	tier2Write           // a write that is also Tier 2 (section 9): counted, and subject to the quota and WithRateLimit
 )
 
 // routes is the routing table: one line per endpoint and method.
@@ -267,6 +274,10 @@ func (t *Tenant) routes() []route {
 		{http.MethodGet, "/api/v1/users/{id}", EndpointUsers, plain, t.handleGetUser},
 		{http.MethodGet, "/api/v1/users", EndpointUsers, plain, t.handleListUsers},
 		{http.MethodPost, "/api/v1/users", EndpointUsers, write, t.handleCreateUser},
+		{http.MethodPatch, "/api/v1/users/{id}", EndpointUserPatch, tier2Write, t.handlePatchUser},
+		{http.MethodGet, "/api/v1/groups", EndpointGroups, plain, t.handleListGroups},
+		{http.MethodPost, "/api/v1/groups", EndpointGroups, tier2Write, t.handleCreateGroup},
+		{http.MethodGet, "/api/v1/groups/{id}", EndpointGroups, plain, t.handleGetGroup},
 		{http.MethodGet, clients, EndpointOAuthClients, plain, t.handleListClients},
 		{http.MethodPost, clients, EndpointOAuthClients, write, t.handleCreateClient},
 		{http.MethodGet, client, EndpointOAuthClients, plain, t.handleGetClient},
@@ -353,7 +364,8 @@ func (t *Tenant) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.calls[rt.endpoint]++
-	if rt.kind == write {
+	t.routeCalls[callOf(rt)]++
+	if rt.kind == write || rt.kind == tier2Write {
 		t.writes++
 	}
 	fault, faulted := t.popFaultLocked(rt.endpoint)
@@ -375,7 +387,7 @@ func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 		badRequest("The request body could not be read or is too large.").write(w)
 		return
 	}
-	if rt.kind == tier2 {
+	if rt.kind == tier2 || rt.kind == tier2Write {
 		if wait, ok := t.admit(); !ok {
 			secs := int((wait + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
@@ -458,23 +470,25 @@ func (t *Tenant) IssuedTokens() int {
 }
 
 // WriteCalls returns how many requests reached an admin API method that
-// changes state (POST, PATCH, DELETE under /api/v1/users and
-// /api/v1/oauth-clients), refused and faulted ones included: a provisioning
-// run that finds everything in place should make none.
+// changes state (POST, PATCH, DELETE under /api/v1/users, /api/v1/groups
+// and /api/v1/oauth-clients), refused and faulted ones included: a
+// provisioning run that finds everything in place should make none.
 func (t *Tenant) WriteCalls() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.writes
 }
 
-// ResetCounters zeroes Calls, WriteCalls, UserTokenCalls, IssuedTokens and
-// Exchanges. Tenant state (clients, users, tokens, faults, rate-limit
+// ResetCounters zeroes Calls, CallsTo, WriteCalls, UserTokenCalls,
+// IssuedTokens and Exchanges and empties UserPatches. Tenant state (clients, users, tokens, faults, rate-limit
 // window) is kept.
 func (t *Tenant) ResetCounters() {
 	t.exchange.resetCount()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	clear(t.calls)
+	clear(t.routeCalls)
+	t.groups.patches = nil
 	clear(t.userCalls)
 	t.writes = 0
 	t.issued = 0

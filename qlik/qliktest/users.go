@@ -130,16 +130,16 @@ func (t *Tenant) handleUsersMe(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleGetUser answers GET /api/v1/users/{id} to any valid bearer token:
-// the user, or 404.
+// the user with its assignedGroups, or 404.
 func (t *Tenant) handleGetUser(w http.ResponseWriter, r *http.Request) {
 	if _, ok := t.bearerUser(w, r, true); !ok {
 		return
 	}
 	t.mu.Lock()
 	u, ok := t.users[r.PathValue("id")]
-	var found User
+	var found userDoc
 	if ok {
-		found = *u
+		found = t.userDocLocked(*u) // with assignedGroups (membership.go)
 	}
 	t.mu.Unlock()
 	if !ok {
