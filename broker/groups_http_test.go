@@ -465,3 +465,55 @@ func TestGroupsCooldownServesCachedToken(t *testing.T) {
 		t.Fatalf("groups_syncs_total{result=deferred} = %v, want 3", v)
 	}
 }
+
+// TestGroupsSpendTheUserBudget: each write of a sync (a create, the patch)
+// spends from the identity's QTB_USER_RATE bucket; once it is spent, a user
+// holding a token gets it as pending, and a user without one gets 429
+// rate_limited, no token minted before the sync.
+func TestGroupsSpendTheUserBudget(t *testing.T) {
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	admin := tn.AddAdminClient()
+	// One request a minute, a bucket of 4: the request itself takes one.
+	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
+		shared: newRedisStore(t), userRate: 1.0 / 60, userBurst: 4})
+	ada, bob := e.addUser("Ada"), e.addUser("Bob")
+
+	// Ada: 1 (the request) of 4; nothing to change, then a token.
+	if resp, body := e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, []string{}), nil); resp.StatusCode != 200 {
+		t.Fatalf("first: %d %s", resp.StatusCode, body)
+	}
+	// 1 (the request) + 2 creates of the 3 left: no room for the patch.
+	resp, body := e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, []string{"acme-a", "acme-b"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsPending {
+		t.Fatalf("budget spent, token held: %d %s=%q %s", resp.StatusCode, broker.GroupsHeader, resp.Header.Get(broker.GroupsHeader), body)
+	}
+	if n := tn.CallsTo(qliktest.CallUserPatch); n != 0 {
+		t.Fatalf("%d patches past the budget", n)
+	}
+
+	// Bob: 1 (request) + 3 creates of 4, no room for the patch, no token.
+	resp, body = e.do("GET", "/v1/token", groupsSession(t, clk, bob.ID, []string{"acme-x", "acme-y", "acme-z"}), nil)
+	if eb := decodeErrorBody(t, body); resp.StatusCode != 429 || eb.Error != "rate_limited" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("budget spent, no token: %d %+v", resp.StatusCode, eb)
+	}
+	if n := tn.UserTokenCalls(bob.ID); n != 0 {
+		t.Fatalf("bob got %d token calls before his groups were synced", n)
+	}
+
+	// Refilled, the syncs finish with the groups already created.
+	clk.Advance(10 * time.Minute)
+	tn.ResetCounters()
+	resp, body = e.do("GET", "/v1/token", groupsSession(t, clk, bob.ID, []string{"acme-x", "acme-y", "acme-z"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("refilled: %d %s", resp.StatusCode, body)
+	}
+	if n := tn.CallsTo(qliktest.CallGroupCreate); n != 0 {
+		t.Fatalf("%d groups created again", n)
+	}
+}

@@ -319,8 +319,9 @@ func (b *Broker) findGroup(ctx context.Context, up *upstream, name string) (qlik
 	return g, err
 }
 
-// reportSync writes the sync's one info line (counts only: group names
-// may be personal data and go to debug) and its metrics.
+// reportSync writes the sync's one log line (info, or warn when it
+// failed; counts only: group names may be personal data and go to debug)
+// and its metrics.
 func (b *Broker) reportSync(ctx context.Context, up *upstream, run groupsRun, err error) {
 	result := metrics.GroupsSynced
 	var ue *UnavailableError
@@ -348,7 +349,9 @@ func (b *Broker) reportSync(ctx context.Context, up *upstream, run groupsRun, er
 	case metrics.GroupsSynced, metrics.GroupsUnchanged:
 		b.log.InfoContext(ctx, "groups synced", attrs...)
 	case metrics.GroupsDeferred:
-		b.log.InfoContext(ctx, "groups sync deferred; retried on a later request", append(attrs, "err", err)...)
+		// Every request of a pending user tries again: counted, but
+		// logged at debug so a cooldown does not flood the log.
+		b.log.DebugContext(ctx, "groups sync deferred; retried on a later request", append(attrs, "err", err)...)
 	default:
 		b.log.WarnContext(ctx, "groups sync failed; retried on a later request", append(attrs, "err", err)...)
 	}
