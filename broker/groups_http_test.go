@@ -517,3 +517,37 @@ func TestGroupsSpendTheUserBudget(t *testing.T) {
 		t.Fatalf("%d groups created again", n)
 	}
 }
+
+// TestGroupsWithoutRedisBySubject: without Redis the synced set is
+// remembered in memory (the same set again costs nothing), and a session
+// naming the user by subject is synced through one users-API search.
+func TestGroupsWithoutRedisBySubject(t *testing.T) {
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	admin := tn.AddAdminClient()
+	sc := groupsVerifier()
+	sc.UserLookup = session.LookupSubject
+	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: sc, tune: groupsTune(tn, clk, admin)})
+	ada := e.addUser("Ada")
+	tn.ResetCounters()
+	resp, body := e.do("GET", "/v1/token", groupsSession(t, clk, ada.Subject, []string{"acme-a"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("first: %d %s", resp.StatusCode, body)
+	}
+	if got := groupNamesOf(tn.UserGroups(ada.ID)); !slices.Equal(got, []string{"custom:acme-a"}) {
+		t.Fatalf("ada's groups = %q", got)
+	}
+	if n := tn.CallsTo(qliktest.CallUserList); n != 1 {
+		t.Fatalf("%d user searches, want 1", n)
+	}
+	tn.ResetCounters()
+	resp, body = e.do("GET", "/v1/token", groupsSession(t, clk, ada.Subject, []string{"acme-a"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != "" || len(tn.CallCounts()) != 0 {
+		t.Fatalf("same set: %d %s, calls %v", resp.StatusCode, body, tn.CallCounts())
+	}
+}
