@@ -551,3 +551,26 @@ func TestGroupsWithoutRedisBySubject(t *testing.T) {
 		t.Fatalf("same set: %d %s, calls %v", resp.StatusCode, body, tn.CallCounts())
 	}
 }
+
+// TestGroupsSyncedBeforeProxying: a proxied request is a request for the
+// user's token too: a changed claim is synced before it goes to the tenant.
+func TestGroupsSyncedBeforeProxying(t *testing.T) {
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	admin := tn.AddAdminClient()
+	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
+		shared: newRedisStore(t)})
+	ada := e.addUser("Ada")
+	resp, body := e.do("GET", "/v1/qlik/api/v1/users/me", groupsSession(t, clk, ada.ID, []string{"acme-a"}), nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("proxied: %d %s", resp.StatusCode, body)
+	}
+	if got := groupNamesOf(tn.UserGroups(ada.ID)); !slices.Equal(got, []string{"custom:acme-a"}) {
+		t.Fatalf("ada's groups = %q", got)
+	}
+}
