@@ -64,6 +64,22 @@ func (c Config) checkGroups(add func(env, format string, a ...any)) {
 	}
 }
 
+// groupsWarnings: a groups claim without a prefix lets the sync add and
+// remove every custom group of a synced user, which is rarely meant when
+// anything else manages custom groups.
+func (c Config) groupsWarnings() []string {
+	var out []string
+	if c.TenantsFile == "" && c.GroupsClaim != "" && c.GroupsPrefix == "" {
+		out = append(out, "QTB_GROUPS_PREFIX: is empty: the groups sync adds and removes every custom group of the users it syncs; set a prefix when anything else manages custom groups")
+	}
+	for _, t := range c.Tenants {
+		if cmp.Or(t.GroupsClaim, c.GroupsClaim) != "" && cmp.Or(t.GroupsPrefix, c.GroupsPrefix) == "" {
+			out = append(out, fmt.Sprintf("QTB_TENANTS_FILE: tenant %s: no groupsPrefix (or QTB_GROUPS_PREFIX): the groups sync adds and removes every custom group of the users it syncs", t.ID))
+		}
+	}
+	return out
+}
+
 // checkGroups returns the problems of a tenant's groups overrides.
 func (t Tenant) checkGroups() []error {
 	var errs []error

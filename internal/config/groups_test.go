@@ -90,3 +90,19 @@ func TestGroupsSettingsChecked(t *testing.T) {
 		}
 	}
 }
+
+func TestGroupsWarnings(t *testing.T) {
+	env := maps.Clone(base)
+	env["QTB_GROUPS_CLAIM"], env["QTB_ADMIN_CLIENT_ID"], env["QTB_ADMIN_CLIENT_SECRET"] = "groups", "a", "s"
+	cfg, err := Load(nil, envFunc(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(cfg.Warnings(), "\n"); !strings.Contains(w, "QTB_GROUPS_PREFIX: is empty") || strings.Contains(w, "QTB_ADMIN_CLIENT_ID") {
+		t.Errorf("warnings: %s", w)
+	}
+	env["QTB_GROUPS_PREFIX"] = "acme-"
+	if cfg, err = Load(nil, envFunc(env)); err != nil || len(cfg.Warnings()) != 0 {
+		t.Errorf("warnings with a prefix: %q, %v", cfg.Warnings(), err)
+	}
+}
