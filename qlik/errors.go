@@ -21,7 +21,8 @@ var (
 	ErrInvalidRequest = errors.New("qlik: invalid request")
 
 	// ErrUserNotFound means a user search (FindUserByEmail, FindUserBySubject)
-	// matched nobody.
+	// matched nobody, or UserGroups was answered 404 (the *Error stays
+	// reachable with errors.As).
 	ErrUserNotFound = errors.New("qlik: user not found")
 
 	// ErrAmbiguousUser means a user search that should name one user matched

@@ -122,15 +122,28 @@ func (a *Admin) FindCustomGroup(ctx context.Context, name string) (Group, error)
 	if err != nil {
 		return Group{}, err
 	}
-	for _, g := range groups {
+	var untyped *Group
+	for i, g := range groups {
 		if g.ID == "" {
 			return Group{}, malformed(endpointGroups, "a group has no id")
 		}
 		// Custom names are unique, so at most one matches; should a tenant
 		// answer two, the first is as good as the other.
-		if g.Name == name && g.ProviderType == ProviderCustom {
+		switch {
+		case g.Name != name:
+		case g.ProviderType == ProviderCustom:
 			return g, nil
+		case g.ProviderType == "" && untyped == nil:
+			untyped = &groups[i]
 		}
+	}
+	if untyped != nil {
+		// The schema has providerType optional, and the filter asked for
+		// custom groups: one without it is taken as custom, after any that
+		// says so, rather than create it again and meet a 409 forever.
+		g := *untyped
+		g.ProviderType = ProviderCustom
+		return g, nil
 	}
 	return Group{}, ErrGroupNotFound
 }
@@ -174,9 +187,10 @@ func (a *Admin) UserGroups(ctx context.Context, userID string) ([]Group, error) 
 // 204 (or another 2xx but 207); a *PartialPatchError on 207, when some ops
 // were applied and others not; and the *Error otherwise. A 400 means that
 // nothing was applied: an add of a group the user has, an op on an IdP or
-// system group, an unknown group (some tenants answer that 404). A 404 for
-// an unknown user is also ErrUserNotFound. Ids must be non-empty and
-// appear once across add and remove.
+// system group, an unknown group. A 404 is an unknown user, or on some
+// tenants an unknown group: it is left as the *Error, not ErrUserNotFound,
+// since which one is not documented. Ids must be non-empty and appear once
+// across add and remove.
 func (a *Admin) PatchUserGroups(ctx context.Context, userID string, add, remove []string) error {
 	if err := checkID("user id", userID); err != nil {
 		return err
@@ -215,7 +229,7 @@ func (a *Admin) PatchUserGroups(ctx context.Context, userID string, add, remove 
 		bearer: bearer, body: ops,
 	})
 	if err != nil {
-		return userNotFound(err)
+		return err
 	}
 	if status == http.StatusMultiStatus {
 		return parsePartial(body, ids)

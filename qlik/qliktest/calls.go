@@ -34,5 +34,7 @@ func (t *Tenant) CallsTo(c Call) int {
 func (t *Tenant) CallCounts() map[Call]int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return maps.Clone(t.routeCalls)
+	out := make(map[Call]int, len(t.routeCalls))
+	maps.Copy(out, t.routeCalls)
+	return out
 }

@@ -50,6 +50,8 @@ import (
 //	  409 USERS-9   a user with this subject exists (deleted users included)
 //	  401 HTTP-401, 403 HTTP-403 for a missing/invalid bearer or a scope without
 //	                admin_classic or admin.users
+//	  membership patches: USERS-10 to USERS-13, see membership.go
+//	/api/v1/groups (status a number): GROUPS-n, see groups.go
 const (
 	codeBadRequest       = "OAUTH-1"
 	codeUnsupportedGrant = "OAUTH-2"

@@ -86,6 +86,7 @@ type groupState struct {
 	byID     map[string]*groupRecord
 	members  map[string][]string // user id -> group ids, in assignment order
 	patches  []UserPatch         // the user patch log (membership.go)
+	raced    []string            // RaceGroupCreate names
 	partial  []partialRule       // queued 207 answers (membership.go)
 }
 
@@ -138,6 +139,17 @@ func (t *Tenant) seedGroup(name, providerType string) Group {
 	return t.groups.addLocked(Group{Name: name, ProviderType: providerType}, t.now(), "", nil).Group
 }
 
+// RaceGroupCreate makes the next POST /api/v1/groups of a custom group
+// named name lose a race: just before it is handled, the group is created
+// as by another replica or an admin (as SeedCustomGroup does), so the
+// request is answered 409 and a lookup by name then finds the group. Calls
+// add up, one per name.
+func (t *Tenant) RaceGroupCreate(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.groups.raced = append(t.groups.raced, name)
+}
+
 // SeedIdPGroup makes user userID a member of the IdP group named name, as a
 // login through the IdP with that group claim would, creating the group
 // when the tenant has no IdP group of that name. It returns the group, and
@@ -169,6 +181,22 @@ func (t *Tenant) AssignGroup(userID, groupID string) bool {
 	}
 	if !slices.Contains(t.groups.members[userID], groupID) {
 		t.groups.members[userID] = append(t.groups.members[userID], groupID)
+	}
+	return true
+}
+
+// RemoveGroup deletes group groupID and every membership of it, as an
+// admin deleting it in the console would, so that an id a client
+// remembered goes stale. It reports false for an unknown group.
+func (t *Tenant) RemoveGroup(groupID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.groups.byID[groupID]; !ok {
+		return false
+	}
+	delete(t.groups.byID, groupID)
+	for user, ids := range t.groups.members {
+		t.groups.members[user] = slices.DeleteFunc(ids, func(id string) bool { return id == groupID })
 	}
 	return true
 }
@@ -335,6 +363,12 @@ func (t *Tenant) handleCreateGroup(w http.ResponseWriter, r *http.Request) {
 		grp.ProviderType = *body.ProviderType
 	}
 	t.mu.Lock()
+	if i := slices.Index(t.groups.raced, grp.Name); i >= 0 && grp.ProviderType == ProviderCustom {
+		t.groups.raced = slices.Delete(t.groups.raced, i, i+1)
+		if t.groups.findLocked(grp.Name, grp.ProviderType) == nil {
+			t.groups.addLocked(Group{Name: grp.Name, ProviderType: ProviderCustom}, t.now(), "", nil)
+		}
+	}
 	if t.groups.findLocked(grp.Name, grp.ProviderType) != nil {
 		t.mu.Unlock()
 		groupsError(http.StatusConflict, codeGroupsConflict, "A group with this name already exists.").write(w)

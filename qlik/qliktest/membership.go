@@ -173,27 +173,34 @@ func (t *Tenant) handlePatchUser(w http.ResponseWriter, r *http.Request) {
 	}
 
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	record := func(status int) {
-		t.groups.patches = append(t.groups.patches, UserPatch{UserID: userID, Ops: logged, Status: status})
+	status, errs, refusal := t.patchUserLocked(userID, ops, apiErr)
+	t.groups.patches = append(t.groups.patches, UserPatch{UserID: userID, Ops: logged, Status: status})
+	t.mu.Unlock()
+	switch {
+	case refusal != nil:
+		refusal.write(w)
+	case len(errs) > 0:
+		writeOpErrors(w, status, errs)
+	default:
+		w.WriteHeader(status)
 	}
+}
+
+// patchUserLocked applies ops to user userID, or nothing, and returns the
+// answer's status with the failed ops (400, 207) or a refusal (400, 404).
+// bodyErr is the body's refusal, if any.
+func (t *Tenant) patchUserLocked(userID string, ops []jsonPatchOp, bodyErr *apiError) (int, []opError, *apiError) {
 	u, ok := t.users[userID]
 	switch {
-	case apiErr != nil:
-		record(apiErr.status)
-		usersError(apiErr.status, codeUsersBad, apiErr.detail).write(w)
-		return
+	case bodyErr != nil:
+		return bodyErr.status, nil, usersError(bodyErr.status, codeUsersBad, bodyErr.detail)
 	case !ok:
-		record(http.StatusNotFound)
-		usersError(http.StatusNotFound, codeUsersNotFound, "No user with this id.").write(w)
-		return
+		return http.StatusNotFound, nil, usersError(http.StatusNotFound, codeUsersNotFound, "No user with this id.")
 	}
 	t.groups.initLocked()
 	res := t.applyOpsLocked(u, ops, nil)
 	if len(res.failed) > 0 {
-		record(http.StatusBadRequest)
-		writeOpErrors(w, http.StatusBadRequest, res.failed)
-		return
+		return http.StatusBadRequest, res.failed, nil
 	}
 	status := http.StatusNoContent
 	if len(t.groups.partial) > 0 {
@@ -210,12 +217,7 @@ func (t *Tenant) handlePatchUser(w http.ResponseWriter, r *http.Request) {
 	if res.status != nil {
 		u.Status = *res.status
 	}
-	record(status)
-	if status == http.StatusMultiStatus {
-		writeOpErrors(w, status, res.failed)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	return status, res.failed, nil
 }
 
 func writeOpErrors(w http.ResponseWriter, status int, errs []opError) {

@@ -11,8 +11,11 @@ import (
 // call beyond it gets 429 with Retry-After, and until then every call of
 // the tier gets 429 too. Calls turned away are not counted. The fake keeps
 // one count per tenant: whom Qlik counts an impersonation call against is
-// UNCONFIRMED (§2), and the broker's calls all come from one client. The
-// tenant-wide "user limit × users × 0.5" limit is not modelled.
+// UNCONFIRMED (§2), and the broker's calls all come from one client. Admin
+// writes join the same count, the pessimistic reading: Qlik counts them
+// against the admin client's bot user, which may or may not be the user
+// token calls are counted against. The tenant-wide "user limit × users ×
+// 0.5" limit is not modelled.
 //
 // A time-compression factor shrinks the window and the token lifetime
 // together, so a simulated day runs in minutes with the same ratio of
@@ -23,8 +26,9 @@ import (
 const QuotaWindow = 5 * time.Minute
 
 // WithTier2Quota turns on the Tier-2 quota model for /oauth/token,
-// /oauth/revoke, POST /api/v1/groups and PATCH /api/v1/users/{id} (section
-// 9; all in the one count): perMinute calls a (simulated) minute, evaluated over a
+// /oauth/revoke and the admin writes section 9 puts in Tier 2 (POST
+// /api/v1/users, PATCH /api/v1/users/{id}, POST /api/v1/groups), all in
+// the one count: perMinute calls a (simulated) minute, evaluated over a
 // sliding QuotaWindow. Qlik's Tier 2 is 100. 0 (the default) turns it off.
 // It is independent of WithRateLimit; with both, a call must pass both.
 func WithTier2Quota(perMinute int) Option {

@@ -101,7 +101,7 @@ type Tenant struct {
 	faults     map[Endpoint][]Fault
 	rateWindow []time.Time // accepted Tier-2 requests in the last minute, oldest first
 	calls      map[Endpoint]int
-	routeCalls map[Call]int // calls.go
+	routeCalls map[Call]int // calls.go; made on the first call
 	writes     int
 	userCalls  map[string]int
 	issued     int
@@ -139,10 +139,11 @@ func WithLatency(d time.Duration) Option {
 	return func(t *Tenant) { t.latency = max(d, 0) }
 }
 
-// WithRateLimit limits /oauth/token plus /oauth/revoke, POST
-// /api/v1/groups and PATCH /api/v1/users/{id} (Qlik's Tier 2) to
-// perMinute accepted requests in any sliding minute of the tenant clock;
-// beyond it they get 429 with Retry-After. 0 (the default) turns it off.
+// WithRateLimit limits /oauth/token plus /oauth/revoke and the admin writes
+// of Qlik's Tier 2 (POST /api/v1/users, PATCH /api/v1/users/{id}, POST
+// /api/v1/groups) to perMinute accepted requests in any sliding minute of
+// the tenant clock; beyond it they get 429 with Retry-After. 0 (the
+// default) turns it off.
 func WithRateLimit(perMinute int) Option {
 	return func(t *Tenant) { t.rateLimit = max(perMinute, 0) }
 }
@@ -160,20 +161,19 @@ func NewOnAddr(addr string, opts ...Option) (*Tenant, error) {
 		return nil, fmt.Errorf("qliktest: generating signing key: %w", err)
 	}
 	t := &Tenant{
-		now:        time.Now,
-		lifetime:   6 * time.Hour,
-		key:        key,
-		done:       make(chan struct{}),
-		served:     make(chan struct{}),
-		clients:    make(map[string]*clientRecord),
-		users:      make(map[string]*User),
-		userSeq:    make(map[string]int64),
-		subjects:   make(map[string]string),
-		revoked:    make(map[string]time.Time),
-		faults:     make(map[Endpoint][]Fault),
-		calls:      make(map[Endpoint]int),
-		routeCalls: make(map[Call]int),
-		userCalls:  make(map[string]int),
+		now:       time.Now,
+		lifetime:  6 * time.Hour,
+		key:       key,
+		done:      make(chan struct{}),
+		served:    make(chan struct{}),
+		clients:   make(map[string]*clientRecord),
+		users:     make(map[string]*User),
+		userSeq:   make(map[string]int64),
+		subjects:  make(map[string]string),
+		revoked:   make(map[string]time.Time),
+		faults:    make(map[Endpoint][]Fault),
+		calls:     make(map[Endpoint]int),
+		userCalls: make(map[string]int),
 	}
 	for _, o := range opts {
 		o(t)
@@ -258,11 +258,14 @@ type route struct {
 type routeKind int
 
 const (
-	plain      routeKind = iota
-	tier2                // /oauth/*: subject to WithLatency and WithRateLimit
-	write                // an admin API call that changes state: counted by WriteCalls
-	tier2Write           // a write that is also Tier 2 (section 9): counted, and subject to the quota and WithRateLimit
+	plain routeKind = iota
+	tier2           // /oauth/*: subject to WithLatency and WithRateLimit
+	write           // an admin API call that changes state: counted by WriteCalls
 )
+
+// tier2Write is an admin write that section 9 puts in Tier 2: counted by
+// WriteCalls, and subject to the quota and WithRateLimit (not WithLatency).
+const tier2Write = write + 1
 
 // routes is the routing table: one line per endpoint and method.
 func (t *Tenant) routes() []route {
@@ -273,7 +276,7 @@ func (t *Tenant) routes() []route {
 		{http.MethodGet, "/api/v1/users/me", EndpointUsersMe, plain, t.handleUsersMe},
 		{http.MethodGet, "/api/v1/users/{id}", EndpointUsers, plain, t.handleGetUser},
 		{http.MethodGet, "/api/v1/users", EndpointUsers, plain, t.handleListUsers},
-		{http.MethodPost, "/api/v1/users", EndpointUsers, write, t.handleCreateUser},
+		{http.MethodPost, "/api/v1/users", EndpointUsers, tier2Write, t.handleCreateUser},
 		{http.MethodPatch, "/api/v1/users/{id}", EndpointUserPatch, tier2Write, t.handlePatchUser},
 		{http.MethodGet, "/api/v1/groups", EndpointGroups, plain, t.handleListGroups},
 		{http.MethodPost, "/api/v1/groups", EndpointGroups, tier2Write, t.handleCreateGroup},
@@ -364,6 +367,9 @@ func (t *Tenant) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (t *Tenant) serveRoute(rt route, w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.calls[rt.endpoint]++
+	if t.routeCalls == nil {
+		t.routeCalls = make(map[Call]int)
+	}
 	t.routeCalls[callOf(rt)]++
 	if rt.kind == write || rt.kind == tier2Write {
 		t.writes++
@@ -480,8 +486,8 @@ func (t *Tenant) WriteCalls() int {
 }
 
 // ResetCounters zeroes Calls, CallsTo, WriteCalls, UserTokenCalls,
-// IssuedTokens and Exchanges and empties UserPatches. Tenant state (clients, users, tokens, faults, rate-limit
-// window) is kept.
+// IssuedTokens and Exchanges and empties UserPatches. Tenant state
+// (clients, users, groups, tokens, faults, rate-limit window) is kept.
 func (t *Tenant) ResetCounters() {
 	t.exchange.resetCount()
 	t.mu.Lock()
