@@ -574,3 +574,58 @@ func TestGroupsSyncedBeforeProxying(t *testing.T) {
 		t.Fatalf("ada's groups = %q", got)
 	}
 }
+
+// TestGroupsCreateRaceAndStaleIDs: a create that loses a race (409) finds
+// the group by name and goes on; a remembered group id that went stale (the
+// group deleted in the console) makes the patch a 400, after which the sync
+// reads again, resolves the names again (creating the group anew) and
+// patches once more.
+func TestGroupsCreateRaceAndStaleIDs(t *testing.T) {
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	admin := tn.AddAdminClient()
+	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
+		shared: newRedisStore(t)})
+	ada := e.addUser("Ada")
+	tn.RaceGroupCreate("acme-a")
+	resp, body := e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, []string{"acme-a"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("409 race: %d %s", resp.StatusCode, body)
+	}
+	if got := groupNamesOf(tn.UserGroups(ada.ID)); !slices.Equal(got, []string{"custom:acme-a"}) {
+		t.Fatalf("after the race ada's groups = %q", got)
+	}
+	if n := tn.CallsTo(qliktest.CallGroupCreate); n != 1 {
+		t.Fatalf("%d creates, want the one answered 409", n)
+	}
+	if v := testutil.ToFloat64(e.metrics.GroupChanges.WithLabelValues("acme", "created")); v != 0 {
+		t.Fatalf("a group another created counted as created: %v", v)
+	}
+
+	stale := tn.UserGroups(ada.ID)[0].ID
+	if !tn.RemoveGroup(stale) {
+		t.Fatal("removing the group failed")
+	}
+	tn.ResetCounters()
+	resp, body = e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, []string{"acme-a", "acme-b"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("stale id: %d %s", resp.StatusCode, body)
+	}
+	got := tn.UserGroups(ada.ID)
+	if names := groupNamesOf(got); !slices.Equal(names, []string{"custom:acme-a", "custom:acme-b"}) {
+		t.Fatalf("after the stale id ada's groups = %q", names)
+	}
+	for _, g := range got {
+		if g.ID == stale {
+			t.Fatal("the stale id is still assigned")
+		}
+	}
+	if p := tn.UserPatches(); len(p) != 2 || p[0].Status != 400 || p[1].Status != 204 {
+		t.Fatalf("patches %+v, want a 400 then a 204", p)
+	}
+}
