@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
@@ -33,9 +35,15 @@ func (b *Broker) syncGroups(ctx context.Context, up *upstream, k keys, user qlik
 	if b.groupsSynced(ctx, key, hash) {
 		return false, nil
 	}
-	if left > 0 {
+	if left > 0 && b.log.Enabled(ctx, slog.LevelDebug) {
+		var out []string
+		for _, n := range names {
+			if !strings.HasPrefix(n, prefix) {
+				out = append(out, n)
+			}
+		}
 		b.log.DebugContext(ctx, "groups outside the tenant's prefix are left out of the sync",
-			"tenant", up.tenant.ID, "prefix", prefix, "left_out", left)
+			"tenant", up.tenant.ID, "prefix", prefix, "left_out", out)
 	}
 	ch := b.flight.DoChan(key+"\x00"+hash, func() (any, error) {
 		// Detached from the first caller, as a fill is: its going away
