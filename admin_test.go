@@ -14,10 +14,10 @@ import (
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
 
-// TestAdminCommandsDispatch: run hands `clients` and `provision` to the
+// TestAdminCommandsDispatch: run hands `clients`, `provision` and `groups` to the
 // admin commands (which internal/admin tests in depth).
 func TestAdminCommandsDispatch(t *testing.T) {
-	for _, args := range [][]string{{"clients", "-h"}, {"clients", "create", "-h"}, {"provision", "-h"}} {
+	for _, args := range [][]string{{"clients", "-h"}, {"clients", "create", "-h"}, {"provision", "-h"}, {"groups", "-h"}} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, envFunc(nil), &out, &out); err != nil || !strings.Contains(out.String(), "--tenant-url") {
 			t.Errorf("%v: %v\n%s", args, err, out.String())

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,6 +52,7 @@ Usage:
   qlik-token-broker healthcheck        exit 0 when the local broker answers /healthz (for HEALTHCHECK)
   qlik-token-broker clients <command>  list, get, create, update and delete the tenant's OAuth clients, their secrets and consent
   qlik-token-broker provision [flags]  make a tenant ready: impersonation client, consent, tenants-file entry, Kubernetes Secret
+  qlik-token-broker groups <user>      show a user's groups as the tenant sees them (which ones the groups sync manages)
   qlik-token-broker version           print the version
 
 Run "qlik-token-broker serve -h" or "qlik-token-broker demo -h" for the flags.
@@ -85,6 +87,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return admin.Clients(ctx, args, getenv, stdout, stderr)
 	case "provision":
 		return admin.Provision(ctx, args, getenv, stdout)
+	case "groups":
+		return admin.Groups(ctx, args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "qlik-token-broker %s (%s)\n", version, revision)
 		return nil
@@ -144,6 +148,15 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 
 	sc := cfg.SessionConfig()
 	sc.Logger = log
+	// The groups claim is the tenant's (tenants-file reloads included):
+	// the broker, built below, knows it.
+	var groupsOf atomic.Pointer[broker.Broker]
+	sc.GroupsClaim = func(tenant string) string {
+		if b := groupsOf.Load(); b != nil {
+			return b.GroupsClaim(tenant)
+		}
+		return ""
+	}
 	verifier, err := session.NewVerifier(ctx, sc)
 	if err != nil {
 		return fmt.Errorf("session: %w", err)
@@ -204,6 +217,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer, onListen li
 		return err
 	}
 	defer b.Close()
+	groupsOf.Store(b)
 	runCtx, stopRun := context.WithCancel(ctx)
 	runDone := make(chan struct{})
 	go func() {

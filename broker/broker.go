@@ -23,6 +23,8 @@
 // answer.go (the cached token ready to answer, and the stored codec),
 // tenants.go (the registry), upstream.go and credentials.go (one tenant's
 // client: credentials and refusals), directory.go (emails to users),
+// groups.go and groupsync.go (the session's groups kept in step with the
+// user's Qlik custom groups; guardwrite.go is their road for writes),
 // guard.go (the road), routes.go, cors.go, instrument.go, proxy.go,
 // proxyhygiene.go, service.go, limit.go, listener.go (the HTTP API), errors.go (every error
 // and the one mapping to HTTP), trace.go (spans).
@@ -108,6 +110,16 @@ type Tenant struct {
 	// Directory maps emails to Qlik user ids for sessions that name users
 	// by email; nil refuses such sessions.
 	Directory Directory
+	// Groups, when set, keeps each user's Qlik custom groups in step with
+	// the session claim GroupsClaim (groups.go), with the tenant's admin
+	// client; nil syncs nothing.
+	Groups GroupAdmin
+	// GroupsClaim names the session claim holding the user's group names
+	// (what Broker.GroupsClaim tells the session verifier).
+	GroupsClaim string
+	// GroupsPrefix, when set, is the start of every group name the broker
+	// may create, add or remove; other names are left alone.
+	GroupsPrefix string
 }
 
 // Directory finds Qlik users by email (the users API, with an admin
@@ -191,6 +203,8 @@ type Broker struct {
 	upstreamCfg UpstreamConfig
 	l1          *cache.Memory[*cached] // nil when turned off
 	emails      *cache.Memory[string]  // email -> Qlik user id
+	groupHashes *cache.Memory[string]  // groups key -> hash of the last synced set
+	groupIDs    *cache.Memory[string]  // tenant + name -> custom group id
 	names       nameCache
 	l1TTL       time.Duration
 	shared      Shared
@@ -292,6 +306,8 @@ func New(cfg Config) (*Broker, error) {
 		b.l1 = cache.NewMemory[*cached](memOpts)
 	}
 	b.emails = cache.NewMemory[string](memOpts)
+	b.groupHashes = cache.NewMemory[string](memOpts)
+	b.groupIDs = cache.NewMemory[string](memOpts)
 	b.refused = cache.NewMemory[string](memOpts)
 	b.reissued = cache.NewMemory[string](memOpts)
 	b.logouts = cache.NewMemory[uint64](memOpts)

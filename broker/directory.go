@@ -56,6 +56,9 @@ type QlikDirectory struct {
 	once      sync.Once
 	api       *qlik.Admin
 	keySource *keyReloadingSource // with ReloadKey and a key
+
+	groupsOnce sync.Once
+	groups     *qlik.Admin
 }
 
 var _ Directory = (*QlikDirectory)(nil)
@@ -76,6 +79,28 @@ func (d *QlikDirectory) admin() *qlik.Admin {
 		d.api = d.Client.Admin(qlik.ReuseTokenSource(src, adminEarlyExpiry, now))
 	})
 	return d.api
+}
+
+// Groups returns the admin APIs a groups sync calls (groups.go) with the
+// same admin client: the directory's own when its scope is admin_classic;
+// otherwise ones with an admin_classic token, since Qlik has no scope for
+// groups and admin.users does not cover them.
+func (d *QlikDirectory) Groups() *qlik.Admin {
+	if d.AdminScope == "" || d.AdminScope == DefaultAdminScope {
+		return d.admin()
+	}
+	d.groupsOnce.Do(func() {
+		now := d.Now
+		if now == nil {
+			now = time.Now
+		}
+		var src qlik.TokenSource = d.Client.ClientCredentials(d.Admin, DefaultAdminScope)
+		if d.ReloadKey != nil && d.Admin.Key != nil {
+			src = &keyReloadingSource{client: d.Client, reload: d.ReloadKey, scope: DefaultAdminScope, creds: d.Admin}
+		}
+		d.groups = d.Client.Admin(qlik.ReuseTokenSource(src, adminEarlyExpiry, now))
+	})
+	return d.groups
 }
 
 // UserIDByEmail implements Directory. Only active users match: an email

@@ -58,6 +58,12 @@ var (
 	// errLogoutIncomplete: Redis could not be reached during a logout and
 	// no token was found to revoke here; it is retried in the background.
 	errLogoutIncomplete = errors.New("broker: logout could not reach Redis")
+	// errGroupsSync: the session's groups could not be synced and the
+	// user holds no token to answer meanwhile (groupsync.go).
+	errGroupsSync = errors.New("broker: groups sync failed")
+	// errGroupsPartial: the tenant applied only part of a membership
+	// patch (207).
+	errGroupsPartial = errors.New("broker: the tenant applied part of the groups patch")
 )
 
 // statusClientClosed is the status recorded when the caller went away
@@ -211,6 +217,9 @@ func classify(err error) apiError {
 			message: "too many token requests for this user; retry later", retryAfter: re.retryAfter}
 	case errors.As(err, &ue):
 		return classifyUnavailable(ue)
+	case errors.Is(err, errGroupsSync) && !errors.Is(err, context.Canceled):
+		return apiError{status: http.StatusBadGateway, code: "groups_sync_failed",
+			message: "the user's Qlik groups could not be brought in step with the session; retry later", retryAfter: 5 * time.Second}
 	case errors.Is(err, errLoggedOut):
 		return apiError{status: http.StatusConflict, code: "logged_out",
 			message: "the session logged out while its token was being fetched; ask again"}

@@ -37,7 +37,7 @@ func everyError() []error {
 		ErrUnknownTenant, ErrUnknownUser, ErrInvalidClient,
 		&session.Error{Reason: session.ReasonExpired},
 		fmt.Errorf("%w: %w", errServiceCredential, &session.Error{Reason: session.ReasonExpired}),
-		errOriginNotAllowed, errLoggedOut, errLogoutIncomplete, errRefusedAgain,
+		errOriginNotAllowed, errLoggedOut, errLogoutIncomplete, errRefusedAgain, errGroupsSync,
 		qe(400), qe(401), qe(403), qe(429), qe(500),
 		qlik.ErrMalformedResponse, ErrTokenTooShortLived,
 		context.DeadlineExceeded, context.Canceled,

@@ -33,6 +33,20 @@ func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error
 		return nil, err
 	}
 	k := b.keysFor(up, user)
+	// The session's groups are synced before any answer (groups.go): a
+	// token minted after a changed claim is minted after the sync. One
+	// that could not sync answers the token the user holds, if any.
+	var unsynced error
+	if id.HasGroups && up.tenant.Groups != nil {
+		synced, err := b.syncGroups(ctx, up, k, user, id.Groups)
+		switch {
+		case err != nil:
+			unsynced = err
+			noteGroups(ctx, hdrGroupsPending)
+		case synced:
+			noteGroups(ctx, hdrGroupsSynced)
+		}
+	}
 	now := b.now()
 	if c, ok := b.fromL1(ctx, k.token, now); ok {
 		if b.shared != nil && c.checkDue(now, b.l1TTL) {
@@ -51,6 +65,9 @@ func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error
 		return c, nil
 	}
 	b.annotate(ctx, up.tenant.ID, tierNone)
+	if unsynced != nil {
+		return nil, unsynced
+	}
 	// A miss may cost a token call: not for a user the tenant refused a
 	// moment ago, and only inside the caller's budget.
 	if err := b.remembered(ctx, k); err != nil {

@@ -67,7 +67,7 @@ const RefusedTokenHeader = "X-QTB-Refused-Token"
 const refusedTokenResultHeader = "X-QTB-Refused-Token-Result"
 
 // hdrExposed lists the answer headers a browser page may read (CORS).
-var hdrExposed = []string{echo.HeaderRetryAfter + ", " + refusedTokenResultHeader}
+var hdrExposed = []string{echo.HeaderRetryAfter + ", " + refusedTokenResultHeader + ", " + GroupsHeader}
 
 // Outcomes of a refused-token claim: the result header's values and the
 // label values of the claims metric.

@@ -36,6 +36,9 @@ type deployment struct {
 	replicas []*env
 	// tune, when set, adjusts the Config of replicas added after.
 	tune func(*broker.Config)
+	// session, when set, is the session verifier's Config of replicas
+	// added after (key material and checks).
+	session session.Config
 }
 
 func newKeyring(t *testing.T, ids ...string) *cache.Keyring {
@@ -78,7 +81,7 @@ func newDeployment(t *testing.T, replicas int, keyring *cache.Keyring, tenantOpt
 func (d *deployment) add(keyring *cache.Keyring) *env {
 	d.t.Helper()
 	e := newEnv(d.t, envOptions{
-		clock: d.clock, tenant: d.tenant, keyring: keyring, tune: d.tune,
+		clock: d.clock, tenant: d.tenant, keyring: keyring, tune: d.tune, session: d.session,
 		shared: newRedisClient(d.t, cache.RedisOptions{URL: d.redis.URL()}),
 	})
 	d.replicas = append(d.replicas, e)

@@ -173,10 +173,18 @@ func chain(h echo.HandlerFunc, mw ...echo.MiddlewareFunc) echo.HandlerFunc {
 
 func (a *API) token(c echo.Context) error {
 	id, _ := session.IdentityFrom(c)
-	tok, err := a.broker.token(c.Request().Context(), id)
+	ctx := c.Request().Context()
+	var note *groupsNote
+	if id.HasGroups {
+		// The sync's writes spend the identity's budget; its outcome
+		// becomes the X-QTB-Groups header.
+		ctx, note = withGroupsNote(ctx, a.users, id)
+	}
+	tok, err := a.broker.token(ctx, id)
 	if err != nil {
 		return err
 	}
+	setGroupsHeader(c.Response().Header(), note)
 	return a.writeToken(c, tok)
 }
 

@@ -30,7 +30,8 @@ func TestEverySettingReachable(t *testing.T) {
 		{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "config.session.jwksUrl=https://app.example.com/jwks.json",
 			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "secrets.servicePublicKey.existingSecret=service-key"},
 		append([]string{"-f", allOptions, "--set", "secrets.sessionHmacSecret.existingSecret=", "--set", "secrets.sessionPublicKey.existingSecret=session-key",
-			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "config.service.jwksUrl=https://jobs.example.com/jwks.json"}, singleTenant...),
+			"--set", "secrets.serviceHmacSecret.existingSecret=", "--set", "config.service.jwksUrl=https://jobs.example.com/jwks.json",
+			"--set", "config.groupsClaim=groups"}, singleTenant...),
 		append(append([]string{"-f", allOptions}, singleTenant...), keyedSingleTenant...),
 	} {
 		c := render(t, args...).deployment(t).Spec.Template.Spec.Containers[0]

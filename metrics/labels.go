@@ -34,5 +34,7 @@ func LabelValues() map[string]map[string][]string {
 		"redis_errors_total":      {"op": {RedisOpGet, RedisOpSet, RedisOpDelete, RedisOpLock, RedisOpRelease, RedisOpPublish, RedisOpRate}},
 		"upstream_requests_total": {"outcome": {OutcomeSuccess, OutcomeClientError, OutcomeRateLimited, OutcomeServerError, OutcomeNetwork, OutcomeTimeout, OutcomeMalformed}},
 		"proxy_requests_total":    {"method_class": {"read", "write"}},
+		"groups_syncs_total":      {"result": {GroupsSynced, GroupsUnchanged, GroupsDeferred, GroupsPartial, GroupsFailed}},
+		"groups_changes_total":    {"change": {GroupChangeAdded, GroupChangeRemoved, GroupChangeCreated, GroupChangeFailed}},
 	}
 }

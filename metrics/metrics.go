@@ -78,6 +78,23 @@ const (
 	ClaimLimited   = "limited"   // too many checks for the identity: answered it unchecked
 )
 
+// Groups sync results, the label values of GroupSyncs.
+const (
+	GroupsSynced    = "synced"    // memberships changed; every change applied
+	GroupsUnchanged = "unchanged" // the user's groups already matched the claim
+	GroupsDeferred  = "deferred"  // tenant cooling down after a 429, or the user's budget spent
+	GroupsPartial   = "partial"   // the tenant applied part of the patch (207)
+	GroupsFailed    = "failed"    // any other failure (the tenant, the admin client)
+)
+
+// Groups sync changes, the label values of GroupChanges.
+const (
+	GroupChangeAdded   = "added"   // a membership added
+	GroupChangeRemoved = "removed" // a membership removed
+	GroupChangeCreated = "created" // a custom group created
+	GroupChangeFailed  = "failed"  // a membership change the tenant did not apply (207)
+)
+
 // Breaker states, the values of UpstreamBreakerState.
 const (
 	BreakerClosed   = 0
@@ -148,6 +165,12 @@ type Metrics struct {
 	// RefusedTokenClaims counts token requests that named a refused token
 	// (X-QTB-Refused-Token), by outcome.
 	RefusedTokenClaims *prometheus.CounterVec
+	// GroupSyncs counts syncs of a session's groups to the user's Qlik
+	// custom groups, by tenant and result.
+	GroupSyncs *prometheus.CounterVec
+	// GroupChanges counts what the syncs changed at the tenant, by tenant
+	// and change (added, removed, created, failed).
+	GroupChanges *prometheus.CounterVec
 }
 
 // NewRegistry returns a registry holding the Go runtime and process
@@ -271,6 +294,15 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
 		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, m.ProxyRequests, m.ProxyDuration, buildInfo)
 	reg.MustRegister(m.RefusedTokenClaims)
+	m.GroupSyncs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "groups", Name: "syncs_total",
+		Help: "Syncs of session groups to Qlik custom groups by tenant and result (synced, unchanged, deferred, partial, failed).",
+	}, []string{"tenant", "result"})
+	m.GroupChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "groups", Name: "changes_total",
+		Help: "Changes made by groups syncs at the tenant by tenant and change (added, removed, created, failed).",
+	}, []string{"tenant", "change"})
+	reg.MustRegister(m.GroupSyncs, m.GroupChanges)
 	return m
 }
 

@@ -33,6 +33,11 @@ const (
 	DefaultUserClaim             = "sub"
 	DefaultJWKSRefreshInterval   = 5 * time.Minute
 	DefaultJWKSUnknownKIDMinWait = 30 * time.Second
+	// DefaultMaxGroups is the most entries a groups claim may have.
+	DefaultMaxGroups = 100
+	// MaxGroupNameChars is the longest group name Qlik accepts, in
+	// characters.
+	MaxGroupNameChars = 256
 
 	// MinHMACSecretBytes is the shortest accepted HMAC secret (RFC 7518 §3.2 for HS256).
 	MinHMACSecretBytes = 32
@@ -94,6 +99,17 @@ type Config struct {
 	// array, or one space-separated string), returned as Identity.List.
 	// Service credentials use it for the tenants they may act in.
 	ListClaim string
+	// GroupsClaim, when set, names the claim holding the session's group
+	// names for a tenant (the tenant claim's value; "" without one), or
+	// "" for none. The claim must be a JSON array of at most MaxGroups
+	// non-empty strings of at most MaxGroupNameChars characters; anything
+	// else rejects the token (ReasonGroupsClaim). It is called per token
+	// verified in full, so a reload of the tenants is seen by tokens not
+	// yet remembered (VerifiedCacheTTL).
+	GroupsClaim func(tenant string) string
+	// MaxGroups bounds the groups claim's entries; default
+	// DefaultMaxGroups.
+	MaxGroups int
 	// MaxTokenBytes caps the token length, checked before any parsing;
 	// default 8192.
 	MaxTokenBytes int
@@ -224,6 +240,9 @@ func (c Config) check() (keySource, []string, []*ConfigError) {
 	if c.TenantClaim != "" && strings.TrimSpace(c.TenantClaim) != c.TenantClaim {
 		problem("TenantClaim", " ", "has leading or trailing spaces")
 	}
+	if c.MaxGroups < 0 {
+		problem("MaxGroups", " ", "must not be negative (0: default %d)", DefaultMaxGroups)
+	}
 	if d := c.JWKSRefreshInterval; d != 0 && (d < minJWKSInterval || d > maxJWKSRefresh) {
 		problem("JWKSRefreshInterval", " ", "must be 0 (default %s) or between %s and %s", DefaultJWKSRefreshInterval, minJWKSInterval, maxJWKSRefresh)
 	}
@@ -240,6 +259,9 @@ func (c Config) check() (keySource, []string, []*ConfigError) {
 func (c Config) withDefaults() Config {
 	if c.MaxTokenBytes == 0 {
 		c.MaxTokenBytes = DefaultMaxTokenBytes
+	}
+	if c.MaxGroups == 0 {
+		c.MaxGroups = DefaultMaxGroups
 	}
 	if c.UserClaim == "" {
 		c.UserClaim = DefaultUserClaim

@@ -25,6 +25,7 @@ const (
 	ReasonAudience      Reason = "bad_audience"
 	ReasonUserClaim     Reason = "bad_user_claim" // missing, empty, non-string
 	ReasonTenantClaim   Reason = "bad_tenant_claim"
+	ReasonGroupsClaim   Reason = "bad_groups_claim" // not a list, too many, a name not a string, empty or too long
 	ReasonCritical      Reason = "unsupported_crit_header"
 	ReasonInvalid       Reason = "invalid" // anything else
 )
@@ -46,6 +47,7 @@ func Reasons() []Reason {
 		ReasonAudience,
 		ReasonUserClaim,
 		ReasonTenantClaim,
+		ReasonGroupsClaim,
 		ReasonCritical,
 		ReasonInvalid,
 	}

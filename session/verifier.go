@@ -37,6 +37,11 @@ type Identity struct {
 	Tenant    string    // from Config.TenantClaim; "" when not configured
 	List      []string  // from Config.ListClaim; nil when not configured or absent
 	ExpiresAt time.Time // the session token's exp
+	// Groups are the group names of Config.GroupsClaim, sorted and without
+	// duplicates; HasGroups says the token carried the claim (an empty
+	// list included). Without the claim there is nothing to sync.
+	Groups    []string
+	HasGroups bool
 }
 
 // Verifier verifies session tokens. It is safe for concurrent use.
@@ -355,14 +360,22 @@ func (v *Verifier) identity(claims jwt.MapClaims) (Identity, error) {
 	if err != nil || exp == nil {
 		return Identity{}, reject(ReasonMissingExpiry, err)
 	}
-	return Identity{
+	id := Identity{
 		Subject:   sub,
 		UserField: v.cfg.UserLookup,
 		UserValue: user,
 		Tenant:    tenant,
 		List:      claimList(claims, v.cfg.ListClaim),
 		ExpiresAt: exp.Time,
-	}, nil
+	}
+	if v.cfg.GroupsClaim != nil {
+		if name := v.cfg.GroupsClaim(tenant); name != "" {
+			if id.Groups, id.HasGroups, err = claimGroups(claims, name, v.cfg.MaxGroups); err != nil {
+				return Identity{}, reject(ReasonGroupsClaim, err)
+			}
+		}
+	}
+	return id, nil
 }
 
 // claimList reads a list claim: an array of strings, or one string of

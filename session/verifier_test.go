@@ -454,7 +454,7 @@ func TestVerifyIgnoresKeyHeaders(t *testing.T) {
 func TestErrorAndReasons(t *testing.T) {
 	t.Parallel()
 	rs := session.Reasons()
-	if len(rs) != 15 {
+	if len(rs) != 16 { // 15 before bad_groups_claim
 		t.Fatalf("Reasons() has %d entries", len(rs))
 	}
 	seen := map[session.Reason]bool{}

@@ -1,7 +1,8 @@
 // Package admin holds the tenant-side commands of qlik-token-broker:
-// `clients` manages the tenant's OAuth clients, and `provision` makes a
+// `clients` manages the tenant's OAuth clients, `provision` makes a
 // tenant ready for the broker (its impersonation client, the tenants-file
-// entry and the Kubernetes Secret). They talk to the tenant's admin APIs
+// entry and the Kubernetes Secret), and `groups` shows a user's groups as
+// the tenant sees them. They talk to the tenant's admin APIs
 // through qlik.Client, as a tenant admin.
 package admin
 

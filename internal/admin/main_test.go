@@ -25,6 +25,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return Clients(ctx, args[1:], getenv, stdout, stderr)
 	case "provision":
 		return Provision(ctx, args[1:], getenv, stdout)
+	case "groups":
+		return Groups(ctx, args[1:], getenv, stdout, stderr)
 	}
 	return fmt.Errorf("unknown command %q", args[0])
 }

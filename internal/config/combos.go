@@ -148,9 +148,10 @@ func (c Config) Warnings() []string {
 			}
 		}
 	}
-	if c.TenantsFile == "" && c.AdminClientID != "" && c.UserLookup != session.LookupEmail {
-		warn("QTB_ADMIN_CLIENT_ID", "is used only for email lookups (QTB_USER_LOOKUP=email)")
+	if c.TenantsFile == "" && c.AdminClientID != "" && c.UserLookup != session.LookupEmail && c.GroupsClaim == "" {
+		warn("QTB_ADMIN_CLIENT_ID", "is used only for email lookups (QTB_USER_LOOKUP=email) and the groups sync (QTB_GROUPS_CLAIM)")
 	}
+	out = append(out, c.groupsWarnings()...)
 	if c.SessionJWKSURL == "" && c.ServiceJWKSURL == "" {
 		for _, s := range []struct {
 			env string

@@ -44,6 +44,13 @@ type Config struct {
 	// (a tenants-file entry may override them).
 	AdminScope       string
 	JITSubjectPrefix string
+	// The session's groups synced to Qlik custom groups (groups.go): the
+	// claim (empty: off), the prefix of the groups the broker manages, and
+	// the most names a claim may hold. Tenants-file entries may override
+	// the claim and the prefix.
+	GroupsClaim  string
+	GroupsPrefix string
+	GroupsMax    int
 	// Private Key JWT instead of a secret: the key files, kids, algorithms
 	// and the keys Load read from them.
 	ClientKeyFile, ClientKeyID, ClientKeyAlg                string
@@ -140,6 +147,7 @@ func Default() Config {
 		Scope:                   "user_default",
 		AdminScope:              broker.DefaultAdminScope,
 		JITSubjectPrefix:        broker.DefaultJITSubjectPrefix,
+		GroupsMax:               session.DefaultMaxGroups,
 		UpstreamTimeout:         10 * time.Second,
 		UpstreamConcurrency:     8,
 		UpstreamSharedBurst:     5,

@@ -117,6 +117,7 @@ func (c Config) SessionConfig() session.Config {
 		UserLookup:       c.UserLookup,
 		TenantClaim:      c.TenantClaim,
 		VerifiedCacheTTL: c.SessionCacheTTL,
+		MaxGroups:        c.GroupsMax,
 
 		JWKSRefreshInterval:   c.SessionJWKSRefresh,
 		JWKSUnknownKIDMinWait: c.SessionJWKSUnknownKIDInterval,

@@ -29,6 +29,8 @@ import (
 //	    createUsers: false                  # create unknown emails just in time
 //	    adminScope: admin.users             # default QTB_ADMIN_SCOPE
 //	    jitSubjectPrefix: "qtb-jit|"        # default QTB_JIT_SUBJECT_PREFIX
+//	    groupsClaim: groups                 # default QTB_GROUPS_CLAIM; needs adminClientId
+//	    groupsPrefix: "acme-"               # default QTB_GROUPS_PREFIX
 //	    proxyPaths: [/api/v1/]              # what /v1/qlik/* may reach
 type TenantsFile struct {
 	Tenants []TenantEntry `json:"tenants"`
@@ -49,6 +51,8 @@ type TenantEntry struct {
 	CreateUsers           bool     `json:"createUsers,omitempty"`
 	AdminScope            string   `json:"adminScope,omitempty"`
 	JITSubjectPrefix      string   `json:"jitSubjectPrefix,omitempty"`
+	GroupsClaim           string   `json:"groupsClaim,omitempty"`
+	GroupsPrefix          string   `json:"groupsPrefix,omitempty"`
 	ProxyPaths            []string `json:"proxyPaths,omitempty"`
 	// Private Key JWT instead of clientSecretFile / adminClientSecretFile.
 	ClientKeyFile      string `json:"clientKeyFile,omitempty"`
@@ -176,6 +180,7 @@ func (t Tenant) check() error {
 		errs = append(errs, errors.New("email lookups need adminClientId and adminClientSecretFile"))
 	}
 	errs = append(errs, t.checkDirectory()...)
+	errs = append(errs, t.checkGroups()...)
 	return errors.Join(append(errs, t.readErrs...)...)
 }
 
@@ -195,7 +200,7 @@ func (c Config) BrokerTenants(hc *http.Client) ([]broker.Tenant, error) {
 func (c Config) ReloadTenants(raw []byte, hc *http.Client) ([]broker.Tenant, error) {
 	tenants, err := ReadTenants(raw)
 	if err == nil {
-		err = errors.Join(checkTenants(tenants), inertTenantSettings(tenants, c.UserLookup))
+		err = errors.Join(checkTenants(tenants), inertTenantSettings(tenants, c.UserLookup), tenantsGroupsAdmin(tenants, c.GroupsClaim))
 	}
 	if err != nil {
 		return nil, err
@@ -243,7 +248,11 @@ func (t Tenant) tenant(defaults Config, hc *http.Client) (broker.Tenant, error) 
 	if scope == "" {
 		scope = defaults.Scope
 	}
+	groupsClaim := cmp.Or(t.GroupsClaim, defaults.GroupsClaim)
 	return broker.Tenant{
+		Groups:         groupsAdmin(dir, groupsClaim),
+		GroupsClaim:    groupsClaim,
+		GroupsPrefix:   cmp.Or(t.GroupsPrefix, defaults.GroupsPrefix),
 		ID:             t.ID,
 		URL:            client.BaseURL(),
 		Issuer:         client,
@@ -280,6 +289,7 @@ func (c Config) singleTenant(hc *http.Client) (broker.Tenant, error) {
 			AdminScope: c.AdminScope, SubjectPrefix: c.JITSubjectPrefix,
 			ReloadKey: keyReloader(c.AdminClientKeyFile, c.AdminClientKeyID, c.AdminClientKeyAlg)}
 	}
+	t.Groups, t.GroupsClaim, t.GroupsPrefix = groupsAdmin(t.Directory, c.GroupsClaim), c.GroupsClaim, c.GroupsPrefix
 	return t, nil
 }
 

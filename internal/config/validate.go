@@ -56,6 +56,7 @@ func (c Config) Validate() error {
 		}
 	}
 	c.checkDirectory(add)
+	c.checkGroups(add)
 	c.checkClientKeys(add)
 	if c.UpstreamTimeout <= 0 {
 		add("QTB_UPSTREAM_TIMEOUT", "must be positive")
