@@ -37,12 +37,16 @@ type cached struct {
 	// the token's life, and L1TTL bounds how long it is served unchecked
 	// (recheck.go).
 	checkAt atomic.Int64
+	// verified is the L1 generation (Broker.l1Gen) the copy was last known
+	// good in; behind it, the copy is suspect (suspect.go).
+	verified atomic.Uint32
 }
 
 func (b *Broker) newCached(key string, tok qlik.Token) *cached {
 	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok), jsonHead: renderTokenHead(tok)}
 	if b.shared != nil {
 		c.checkAt.Store(b.now().Add(b.l1TTL).UnixNano())
+		c.verified.Store(b.l1Gen.Load())
 	}
 	if end := accessTokenAt + len(tok.AccessToken); len(tok.AccessToken) > 0 && len(c.jsonHead) > end &&
 		string(c.jsonHead[accessTokenAt:end]) == tok.AccessToken {

@@ -33,6 +33,21 @@ const (
 	RefreshAdopted   = "adopted"   // another replica had refreshed it already
 	RefreshSkipped   = "skipped"   // another replica holds the refresh lease
 	RefreshError     = "error"
+	// RefreshDeferred: the refresh gave way to requests (a slot, or the
+	// local or shared rate limit's reserve for them) and is tried again
+	// shortly while the served token has life left.
+	RefreshDeferred = "deferred"
+)
+
+// Results of checking a suspect L1 copy (one held when the invalidation
+// subscription came back), the label values of SuspectChecks.
+const (
+	SuspectConfirmed = "confirmed"  // Redis holds the same token: served
+	SuspectReplaced  = "replaced"   // Redis holds a newer token: that one served
+	SuspectLoggedOut = "logged_out" // the user's logout tombstone stands: dropped, filled afresh
+	SuspectAccepted  = "accepted"   // not in Redis; the tenant takes it: put back and served
+	SuspectRefused   = "refused"    // not in Redis; the tenant refused it: evicted, a new one minted
+	SuspectUnchecked = "unchecked"  // the tenant could not be asked: served, not put back
 )
 
 // Lease results, the label values of Leases.
@@ -148,6 +163,9 @@ type Metrics struct {
 	// RefusedTokenClaims counts token requests that named a refused token
 	// (X-QTB-Refused-Token), by outcome.
 	RefusedTokenClaims *prometheus.CounterVec
+	// SuspectChecks counts checks of L1 copies held while the invalidation
+	// subscription was down (Redis or the network away), by result.
+	SuspectChecks *prometheus.CounterVec
 }
 
 // NewRegistry returns a registry holding the Go runtime and process
@@ -202,7 +220,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}),
 		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "refreshes_total",
-			Help: "Refresh-ahead runs by result (refreshed, adopted, skipped, error).",
+			Help: "Refresh-ahead runs by result (refreshed, adopted, skipped, deferred, error).",
 		}, []string{"result"}),
 		Leases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "leases_total",
@@ -258,6 +276,10 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "token", Name: "refused_claims_total",
 			Help: "Token requests that named a token as refused, by outcome (mismatch, accepted, refused, unchecked, limited).",
 		}, []string{"result"}),
+		SuspectChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "suspect_checks_total",
+			Help: "Checks of L1 copies held while the invalidation subscription was down, by result (confirmed, replaced, logged_out, accepted, refused, unchecked).",
+		}, []string{"result"}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
@@ -271,6 +293,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
 		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, m.ProxyRequests, m.ProxyDuration, buildInfo)
 	reg.MustRegister(m.RefusedTokenClaims)
+	reg.MustRegister(m.SuspectChecks)
 	return m
 }
 
