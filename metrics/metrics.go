@@ -33,10 +33,6 @@ const (
 	RefreshAdopted   = "adopted"   // another replica had refreshed it already
 	RefreshSkipped   = "skipped"   // another replica holds the refresh lease
 	RefreshError     = "error"
-	// RefreshDeferred: the refresh gave way to requests (a slot, or the
-	// local or shared rate limit's reserve for them) and is tried again
-	// shortly while the served token has life left.
-	RefreshDeferred = "deferred"
 )
 
 // Results of checking a suspect L1 copy (one held when the invalidation
@@ -163,6 +159,11 @@ type Metrics struct {
 	// RefusedTokenClaims counts token requests that named a refused token
 	// (X-QTB-Refused-Token), by outcome.
 	RefusedTokenClaims *prometheus.CounterVec
+	// RefreshDeferrals counts refresh-ahead runs that gave way to requests
+	// (no free slot, a request waiting, or the local or shared rate limit
+	// without its reserve for requests) and are tried again shortly while
+	// the served token has life left. Refreshes counts them as errors too.
+	RefreshDeferrals prometheus.Counter
 	// SuspectChecks counts checks of L1 copies held while the invalidation
 	// subscription was down (Redis or the network away), by result.
 	SuspectChecks *prometheus.CounterVec
@@ -220,7 +221,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		}),
 		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "refreshes_total",
-			Help: "Refresh-ahead runs by result (refreshed, adopted, skipped, deferred, error).",
+			Help: "Refresh-ahead runs by result (refreshed, adopted, skipped, error).",
 		}, []string{"result"}),
 		Leases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "leases_total",
@@ -276,6 +277,10 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "token", Name: "refused_claims_total",
 			Help: "Token requests that named a token as refused, by outcome (mismatch, accepted, refused, unchecked, limited).",
 		}, []string{"result"}),
+		RefreshDeferrals: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "refresh_deferrals_total",
+			Help: "Refresh-ahead runs deferred because requests came first (also counted as refreshes_total{result=\"error\"}).",
+		}),
 		SuspectChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "token", Name: "suspect_checks_total",
 			Help: "Checks of L1 copies held while the invalidation subscription was down, by result (confirmed, replaced, logged_out, accepted, refused, unchecked).",
@@ -293,7 +298,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		m.Rejections, m.UpstreamRetries, m.UpstreamCooldownUntil, m.UpstreamBreakerState,
 		m.UpstreamQueueWait, m.UpstreamInvalidCredentials, m.ProxyRequests, m.ProxyDuration, buildInfo)
 	reg.MustRegister(m.RefusedTokenClaims)
-	reg.MustRegister(m.SuspectChecks)
+	reg.MustRegister(m.SuspectChecks, m.RefreshDeferrals)
 	return m
 }
 
