@@ -17,7 +17,9 @@
 //
 // Files by job: broker.go (Broker, Config, New, the interfaces it needs),
 // fill.go (lookups, coalescing, leases), refresh.go (refresh-ahead),
-// logout.go (eviction and revocation, tombstones, retries), refusals.go
+// logout.go (eviction and revocation, tombstones, retries), recheck.go and
+// suspect.go (L1 copies checked against Redis, and after the invalidation
+// subscription comes back), refusals.go
 // (remembered refusals), budget.go (per-identity token-call budgets),
 // priority.go (requests before refreshes), keys.go (Redis key names),
 // answer.go (the cached, pre-rendered answer and the stored codec),
