@@ -239,6 +239,7 @@ type Broker struct {
 	verifying      singleflight.Group
 	usersMe        tokenCheck
 	pendingLogouts pendingLogouts // logout.go
+	healHold       atomic.Int64   // Unix ns (broker clock): no unchecked heal before
 }
 
 // New checks cfg and returns a Broker. Call Close to stop its background

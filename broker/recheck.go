@@ -41,6 +41,9 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 		b.putL1(k.token, cur) // a refresh or a reissue elsewhere
 		return cur
 	case sharedAbsent:
+		if b.healsHeld(now) {
+			return c // served; put back once checked (suspect.go)
+		}
 		switch out, sure := b.loggedOut(ctx, k.token); {
 		case out:
 			b.deleteL1(k.token)
@@ -105,6 +108,9 @@ func (b *Broker) healSoon(now time.Time) {
 		for i, key := range keys {
 			if b.bgCtx.Err() != nil {
 				return
+			}
+			if b.healsHeld(b.now()) {
+				break
 			}
 			if values[i].verified.Load() != b.l1Gen.Load() {
 				continue // suspect: put back only once checked (suspect.go)

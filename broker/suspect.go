@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 )
@@ -44,10 +45,31 @@ import (
 
 // suspectAll makes every L1 copy suspect: the invalidation subscription was
 // re-established and may have missed some. Redis is back, so logouts whose
-// Redis steps are being retried go now.
+// Redis steps are being retried go now, and held heals may go again.
 func (b *Broker) suspectAll() {
 	b.l1Gen.Add(1)
+	b.healHold.Store(0)
 	b.pendingLogouts.wake()
+}
+
+// healHoldAfterError is how long after a failed Redis operation an L1 copy
+// is not put back into Redis unchecked (recheck.go), unless the
+// invalidation subscription comes back first. Redis answering again does
+// not say that the subscription is back (go-redis re-subscribes on its
+// own, some time later): until it is, a logout made meanwhile at another
+// replica may be unknown here, and a copy put back in that gap would be
+// taken for a good one once its check came (Redis holding the same token).
+// A subscription that never dropped sends no notice, hence the time limit.
+const healHoldAfterError = 10 * time.Second
+
+// holdHeals records a Redis failure: heals of unchecked copies wait.
+func (b *Broker) holdHeals() {
+	b.healHold.Store(b.now().Add(healHoldAfterError).UnixNano())
+}
+
+// healsHeld reports whether an L1 copy may not be put back unchecked now.
+func (b *Broker) healsHeld(now time.Time) bool {
+	return now.UnixNano() < b.healHold.Load()
 }
 
 // checkSuspect checks the suspect L1 copy c of key k (see above) and
