@@ -36,10 +36,13 @@ import (
 //   - 401 or 403: evicted from L1 and, when Redis holds it, from Redis and
 //     the other replicas; the request mints a new one inside its budget
 //     (refused);
-//   - no answer (network, 429, 5xx): served but not put back (unchecked).
-//     The tenant checks the token on every use anyway, and a page it
-//     refuses re-asks (reask.go); refusing service while the tenant is
-//     unreachable would fail users who hold valid tokens.
+//   - no answer (network, 429, 5xx): served but not put back by this check
+//     (unchecked); it is not checked again, so a later L1 check may put it
+//     back as it would any copy. The tenant checks the token on every use
+//     anyway, and a page it refuses re-asks (reask.go); refusing service
+//     while the tenant is unreachable would fail users who hold valid
+//     tokens, and checking on every request would hammer a tenant in
+//     trouble.
 //
 // Copies put into L1 after the subscription came back are not suspect.
 

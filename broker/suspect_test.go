@@ -348,3 +348,38 @@ func TestNoUncheckedHealRightAfterRedisErrors(t *testing.T) {
 		t.Errorf("%d token calls, want 1", n)
 	}
 }
+
+// TestSuspectCopyTenantUnreachable: when Redis came back empty and the
+// tenant cannot be asked about a suspect copy (503 to users/me), the copy
+// is served as it is, without a token call, by one check for several
+// requests, and that check does not put it back into Redis.
+func TestSuspectCopyTenantUnreachable(t *testing.T) {
+	d := newDeployment(t, 1, newKeyring(t, "k1"))
+	r := d.replicas[0]
+	d.waitSubscribed()
+	ada := r.addUser("ada").ID
+	sess := r.session(ada)
+	_, tok := getToken(r.srv.Client(), r.srv.URL, sess)
+	gens := generations(d.replicas)
+	d.redis.Stop()
+	d.redis.Restart(t)
+	waitResubscribed(t, d.replicas, gens)
+	d.tenant.InjectFault(qliktest.EndpointUsersMe, qliktest.Fault{Status: http.StatusServiceUnavailable})
+	for range 3 {
+		if code, got := getToken(r.srv.Client(), r.srv.URL, sess); code != 200 || got != tok {
+			t.Fatalf("suspect copy, tenant unreachable: %d, her token %v", code, got == tok)
+		}
+	}
+	inRedis := keysInRedis(t, d.redis.Client(t), r, []string{ada}) == 1
+	t.Logf("tenant unreachable for the check: served her token, %d token call(s), %d users/me; suspect checks %s; put back %v",
+		d.tenant.Calls(qliktest.EndpointToken), d.tenant.Calls(qliktest.EndpointUsersMe), suspectChecks(d.replicas), inRedis)
+	if n := suspectCount(r, metrics.SuspectUnchecked); n != 1 {
+		t.Errorf("%d unchecked suspect checks, want 1 (three requests, one check)", n)
+	}
+	if inRedis {
+		t.Error("an unchecked copy was put back into Redis")
+	}
+	if n := d.tenant.Calls(qliktest.EndpointToken); n != 1 {
+		t.Errorf("%d token calls, want 1", n)
+	}
+}
