@@ -240,6 +240,7 @@ type Broker struct {
 	usersMe        tokenCheck
 	pendingLogouts pendingLogouts // logout.go
 	healHold       atomic.Int64   // Unix ns (broker clock): no unchecked heal before
+	redisFailed    atomic.Bool    // Redis failed since the subscription last came back
 }
 
 // New checks cfg and returns a Broker. Call Close to stop its background

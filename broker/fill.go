@@ -353,5 +353,5 @@ func (b *Broker) seal(key string, tok qlik.Token) []byte {
 
 func (b *Broker) redisError(ctx context.Context, op string, err error) {
 	countRedisError(ctx, b.deps, op, err)
-	b.holdHeals()
+	b.holdHeals(err)
 }

@@ -2,9 +2,11 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
+	"github.com/qtb-dev/qlik-token-broker/cache"
 	"github.com/qtb-dev/qlik-token-broker/metrics"
 )
 
@@ -51,7 +53,7 @@ import (
 // Redis steps are being retried go now, and held heals may go again.
 func (b *Broker) suspectAll() {
 	b.l1Gen.Add(1)
-	b.healHold.Store(0)
+	b.redisFailed.Store(false)
 	b.pendingLogouts.wake()
 }
 
@@ -62,17 +64,24 @@ func (b *Broker) suspectAll() {
 // own, some time later): until it is, a logout made meanwhile at another
 // replica may be unknown here, and a copy put back in that gap would be
 // taken for a good one once its check came (Redis holding the same token).
-// A subscription that never dropped sends no notice, hence the time limit.
+// A subscription that never dropped sends no notice, hence the time limit;
+// the open breaker's refusals extend it (an outage longer than the limit)
+// but do not start it, so those left after the subscription came back do
+// not hold the copies checked since.
 const healHoldAfterError = 10 * time.Second
 
-// holdHeals records a Redis failure: heals of unchecked copies wait.
-func (b *Broker) holdHeals() {
+// holdHeals records a failed Redis operation: heals of unchecked copies
+// wait.
+func (b *Broker) holdHeals(err error) {
+	if !errors.Is(err, cache.ErrUnavailable) {
+		b.redisFailed.Store(true)
+	}
 	b.healHold.Store(b.now().Add(healHoldAfterError).UnixNano())
 }
 
 // healsHeld reports whether an L1 copy may not be put back unchecked now.
 func (b *Broker) healsHeld(now time.Time) bool {
-	return now.UnixNano() < b.healHold.Load()
+	return b.redisFailed.Load() && now.UnixNano() < b.healHold.Load()
 }
 
 // checkSuspect checks the suspect L1 copy c of key k (see above) and
