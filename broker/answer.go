@@ -45,6 +45,9 @@ type cached struct {
 	// esc holds the token and scope as JSON strings when either has a
 	// character encoding/json escapes; nil for every JWT and plain scope.
 	esc *escaped
+	// verified is the L1 generation (Broker.l1Gen) the copy was last known
+	// good in; behind it, the copy is suspect (suspect.go).
+	verified atomic.Uint32
 }
 
 // escaped are a token's and scope's JSON strings, quotes included.
@@ -55,6 +58,7 @@ func (b *Broker) newCached(key string, tok qlik.Token) *cached {
 	c := &cached{tok: tok, refreshAt: b.refreshAt(key, tok).UnixNano()}
 	if b.shared != nil {
 		c.checkAt.Store(b.now().Add(b.l1TTL).UnixNano())
+		c.verified.Store(b.l1Gen.Load())
 	}
 	if !plainJSON(tok.AccessToken) || !plainJSON(tok.Scope) {
 		c.esc = &escaped{token: appendJSONString(nil, tok.AccessToken), scope: appendJSONString(nil, tok.Scope)}

@@ -17,7 +17,9 @@
 //
 // Files by job: broker.go (Broker, Config, New, the interfaces it needs),
 // fill.go (lookups, coalescing, leases), refresh.go (refresh-ahead),
-// logout.go (eviction and revocation, tombstones, retries), refusals.go
+// logout.go (eviction and revocation, tombstones, retries), recheck.go and
+// suspect.go (L1 copies checked against Redis, and after the invalidation
+// subscription comes back), refusals.go
 // (remembered refusals), budget.go (per-identity token-call budgets),
 // priority.go (requests before refreshes), keys.go (Redis key names),
 // answer.go (the cached token ready to answer, and the stored codec),
@@ -243,6 +245,16 @@ type Broker struct {
 	bg         sync.WaitGroup
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc
+
+	// L1 copies held while the invalidation subscription was down are
+	// suspect until checked (suspect.go): l1Gen counts the subscription's
+	// returns, usersMe asks the tenant about a copy Redis cannot vouch for.
+	l1Gen          atomic.Uint32
+	verifying      singleflight.Group
+	usersMe        tokenCheck
+	pendingLogouts pendingLogouts // logout.go
+	healHold       atomic.Int64   // Unix ns (broker clock): no unchecked heal before
+	redisFailed    atomic.Bool    // Redis failed since the subscription last came back
 }
 
 // New checks cfg and returns a Broker. Call Close to stop its background
@@ -316,6 +328,7 @@ func New(cfg Config) (*Broker, error) {
 		b.names.max = cache.DefaultMaxEntries
 	}
 	b.hmacs.New = func() any { return hmac.New(sha256.New, b.nameKey) }
+	b.usersMe = newTokenCheck(checkTransport())
 	b.l1Hit = b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultHit)
 	b.l1Miss = b.m.CacheLookups.WithLabelValues(metrics.TierL1, metrics.ResultMiss)
 	if b.shared != nil {
@@ -350,10 +363,13 @@ func orDefault(d, def time.Duration) time.Duration {
 func (b *Broker) Close() {
 	b.bgCancel()
 	b.bg.Wait()
+	b.usersMe.client.CloseIdleConnections()
 }
 
 // Run listens for other replicas' invalidations and drops those keys from
-// L1, until ctx is done. Without Shared it just waits for ctx.
+// L1, until ctx is done; when the subscription comes back after an
+// interruption, every L1 copy becomes suspect (suspect.go). Without Shared
+// it just waits for ctx.
 func (b *Broker) Run(ctx context.Context) error {
 	if b.shared == nil {
 		<-ctx.Done()
@@ -363,10 +379,8 @@ func (b *Broker) Run(ctx context.Context) error {
 		if key == cache.InvalidateAll {
 			// The subscription was re-established: invalidations sent
 			// while it was down (a logout during a Redis outage) are
-			// lost, so nothing in L1 can be trusted.
-			if b.l1 != nil {
-				_ = b.l1.Close()
-			}
+			// lost, so no L1 copy is served before it is checked.
+			b.suspectAll()
 			return
 		}
 		b.deleteL1(key)

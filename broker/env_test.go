@@ -42,6 +42,7 @@ type env struct {
 	metrics *metrics.Metrics
 	broker  *broker.Broker
 	srv     *httptest.Server
+	shared  broker.Shared // nil: L1 only
 }
 
 type envOptions struct {
@@ -151,7 +152,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		go func() { defer close(done); _ = b.Run(runCtx) }()
 		t.Cleanup(func() { stop(); <-done })
 	}
-	return &env{t: t, clock: clk, tenant: tn, client: oc, reg: reg, metrics: m, broker: b, srv: srv}
+	return &env{t: t, clock: clk, tenant: tn, client: oc, reg: reg, metrics: m, broker: b, srv: srv, shared: o.shared}
 }
 
 func newRedisStore(t *testing.T) *cache.Redis {

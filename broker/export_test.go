@@ -15,3 +15,11 @@ func (b *Broker) TokenKey(field, value string) string {
 func qlikLookup(field, value string) qlik.UserLookup {
 	return qlik.UserLookup{Field: field, Value: value}
 }
+
+// L1Generation is how many times the invalidation subscription came back
+// (suspect.go), for tests that must wait for it.
+func (b *Broker) L1Generation() uint32 { return b.l1Gen.Load() }
+
+// WakeLogoutRetries runs the pending logout retries now instead of after
+// their back-off, as the subscription coming back does.
+func (b *Broker) WakeLogoutRetries() { b.pendingLogouts.wake() }

@@ -49,8 +49,12 @@ func (b *Broker) token(ctx context.Context, id session.Identity) (*cached, error
 	}
 	now := b.now()
 	if c, ok := b.fromL1(ctx, k.token, now); ok {
-		if b.shared != nil && c.checkDue(now, b.l1TTL) {
-			c = b.recheck(ctx, k, c, now)
+		if b.shared != nil {
+			if gen := b.l1Gen.Load(); c.verified.Load() != gen {
+				c = b.checkSuspect(ctx, up, k, c, gen)
+			} else if c.checkDue(now, b.l1TTL) {
+				c = b.recheck(ctx, k, c, now)
+			}
 		}
 		if c != nil {
 			b.annotate(ctx, up.tenant.ID, metrics.TierL1)
@@ -366,4 +370,5 @@ func (b *Broker) seal(key string, tok qlik.Token) []byte {
 
 func (b *Broker) redisError(ctx context.Context, op string, err error) {
 	countRedisError(ctx, b.deps, op, err)
+	b.holdHeals(err)
 }

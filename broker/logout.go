@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
@@ -22,9 +23,11 @@ import (
 //     or down; Redis is given logoutRedisTimeout, no more;
 //   - what could not be reached in Redis (the shared copy, the other
 //     replicas' L1 through the invalidation) is retried in the background
-//     until Redis answers; a replica whose invalidation subscription comes
-//     back drops its whole L1 (cache.InvalidateAll), since messages sent
-//     meanwhile are lost;
+//     until Redis answers (at once when the invalidation subscription
+//     comes back), and until then this replica puts no token of the user
+//     back into Redis (pendingLogouts); a replica whose invalidation
+//     subscription comes back checks every L1 copy before serving it
+//     (suspect.go), since messages sent meanwhile are lost;
 //   - a fill in flight when the logout arrives does not cache or serve its
 //     token: the logout leaves a mark (a sequence number in this process, a
 //     random tombstone in Redis for the other replicas) that the fill
@@ -174,9 +177,11 @@ func (b *Broker) evictShared(ctx context.Context, k keys, found *[]string) error
 // was stored before the logout: nothing can store one while Redis is
 // down), deleted, and the replicas told.
 func (b *Broker) retryLogout(up *upstream, k keys, revoked []string) {
+	b.pendingLogouts.add(k.token)
 	b.bg.Add(1)
 	go func() {
 		defer b.bg.Done()
+		defer b.pendingLogouts.done(k.token)
 		deadline := time.Now().Add(logoutRetryFor)
 		for delay := 250 * time.Millisecond; time.Now().Before(deadline); delay = min(2*delay, 15*time.Second) {
 			t := time.NewTimer(delay)
@@ -184,6 +189,8 @@ func (b *Broker) retryLogout(up *upstream, k keys, revoked []string) {
 			case <-b.bgCtx.Done():
 				t.Stop()
 				return
+			case <-b.pendingLogouts.redisBack():
+				t.Stop()
 			case <-t.C:
 			}
 			ctx, cancel := context.WithTimeout(b.bgCtx, logoutRedisTimeout)
@@ -242,4 +249,60 @@ func (b *Broker) dropShared(ctx context.Context, key string) error {
 		b.redisError(ctx, "publish", err)
 	}
 	return nil
+}
+
+// pendingLogouts are the users whose logout's Redis steps this replica is
+// still retrying (retryLogout). Until the retry has run, nothing here puts
+// a token of theirs back into Redis: the retry deletes and revokes what
+// Redis then holds, so a token put back would be revoked under a page that
+// was just given it, or a copy the logout should have removed would come
+// back for the other replicas.
+type pendingLogouts struct {
+	mu   sync.Mutex
+	keys map[string]int // token key -> retries running
+	back chan struct{}  // closed by wake
+}
+
+func (p *pendingLogouts) add(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys == nil {
+		p.keys = make(map[string]int)
+	}
+	p.keys[key]++
+}
+
+func (p *pendingLogouts) done(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys[key]--; p.keys[key] <= 0 {
+		delete(p.keys, key)
+	}
+}
+
+func (p *pendingLogouts) has(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.keys[key] > 0
+}
+
+// redisBack is closed when the invalidation subscription next comes back:
+// Redis answers again, so the retries need not wait out their back-off.
+func (p *pendingLogouts) redisBack() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.back == nil {
+		p.back = make(chan struct{})
+	}
+	return p.back
+}
+
+// wake closes the channel redisBack returned.
+func (p *pendingLogouts) wake() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.back != nil {
+		close(p.back)
+		p.back = nil
+	}
 }

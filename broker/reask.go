@@ -90,10 +90,24 @@ const (
 	usersMePath = "/api/v1/users/me"
 )
 
+// tokenCheck asks a tenant whether it still accepts an access token: one
+// GET /api/v1/users/me with the token as bearer, redirects not followed.
+// The re-ask and the check of suspect L1 copies (suspect.go) both use it.
+type tokenCheck struct {
+	client *http.Client
+}
+
+func newTokenCheck(transport http.RoundTripper) tokenCheck {
+	return tokenCheck{client: &http.Client{
+		Transport:     transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
 // refusalChecker asks a tenant whether it still accepts a token, sharing
 // concurrent checks of one token and limiting checks per identity.
 type refusalChecker struct {
-	client *http.Client
+	tokenCheck
 	limit  *userLimiter
 	flight singleflight.Group
 	log    *slog.Logger
@@ -101,12 +115,9 @@ type refusalChecker struct {
 
 func newRefusalChecker(transport http.RoundTripper, now func() time.Time, log *slog.Logger) *refusalChecker {
 	return &refusalChecker{
-		client: &http.Client{
-			Transport:     transport,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		limit: newUserLimiter(1/reaskEvery.Seconds(), reaskBurst, now),
-		log:   log,
+		tokenCheck: newTokenCheck(transport),
+		limit:      newUserLimiter(1/reaskEvery.Seconds(), reaskBurst, now),
+		log:        log,
 	}
 }
 
@@ -191,7 +202,7 @@ func (r *refusalChecker) check(ctx context.Context, a *API, id session.Identity,
 }
 
 // ask sends the check and returns the tenant's status.
-func (r *refusalChecker) ask(ctx context.Context, tenantURL, token string) (int, error) {
+func (r tokenCheck) ask(ctx context.Context, tenantURL, token string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(tenantURL, "/")+usersMePath, nil)
 	if err != nil {
 		return 0, fmt.Errorf("broker: token check: %w", err)

@@ -41,6 +41,9 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 		b.putL1(k.token, cur) // a refresh or a reissue elsewhere
 		return cur
 	case sharedAbsent:
+		if b.healsHeld(now) {
+			return c // served; put back once checked (suspect.go)
+		}
 		switch out, sure := b.loggedOut(ctx, k.token); {
 		case out:
 			b.deleteL1(k.token)
@@ -63,8 +66,15 @@ func (b *Broker) recheck(ctx context.Context, k keys, c *cached, now time.Time) 
 // flight could outlive the logout. A replica that missed the invalidation
 // broadcast for an older logout could still put a revoked token back; the
 // tenant then refuses it and the re-ask or the proxy's retry replaces it.
-// When Redis cannot say, the copy is served but not healed: sure is false.
+// When Redis cannot say, or a logout of the user made here is still being
+// retried (logout.go), the copy is served but not healed: sure is false.
 func (b *Broker) loggedOut(ctx context.Context, tokenKey string) (out, sure bool) {
+	if b.pendingLogouts.has(tokenKey) {
+		// This replica's logout of the user has not reached Redis yet;
+		// its retry deletes (and revokes) whatever Redis then holds, so
+		// nothing may be put back before it has run.
+		return false, false
+	}
 	_, err := b.shared.Get(ctx, keys{token: tokenKey}.logout())
 	switch {
 	case err == nil:
@@ -98,6 +108,12 @@ func (b *Broker) healSoon(now time.Time) {
 		for i, key := range keys {
 			if b.bgCtx.Err() != nil {
 				return
+			}
+			if b.healsHeld(b.now()) {
+				break
+			}
+			if values[i].verified.Load() != b.l1Gen.Load() {
+				continue // suspect: put back only once checked (suspect.go)
 			}
 			ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
 			if out, sure := b.loggedOut(ctx, key); sure && !out && b.reseed(ctx, key, values[i], b.now()) {

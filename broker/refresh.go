@@ -67,8 +67,11 @@ func (b *Broker) maybeRefresh(up *upstream, k keys, user qlik.UserLookup, c *cac
 			b.refreshing[k.token] = b.now().Add(time.Second)
 		case metrics.RefreshError:
 			if errors.Is(err, errRefreshDeferred) {
-				// Requests came first; the served token has life left.
-				// Counted as a failed refresh, tried again shortly.
+				// Requests came first; the served token has life left
+				// (past MinTokenTTL a request fills, interactively).
+				// Counted as a failed refresh and as a deferral, tried
+				// again shortly by the next request served the token.
+				b.m.RefreshDeferrals.Inc()
 				b.refreshing[k.token] = b.now().Add(5 * time.Second)
 				return
 			}

@@ -29,6 +29,8 @@ func LabelValues() map[string]map[string][]string {
 		"cache_unseal_failures_total": {"reason": {UnsealTampered, UnsealUnknownKey, UnsealMalformed}},
 		"token_leases_total":          {"result": {LeaseAcquired, LeaseWaited, LeaseTakenOver, LeaseError}},
 		"token_refreshes_total":       {"result": {RefreshRefreshed, RefreshAdopted, RefreshSkipped, RefreshError}},
+		"token_suspect_checks_total": {"result": {SuspectConfirmed, SuspectReplaced, SuspectLoggedOut, SuspectAccepted,
+			SuspectRefused, SuspectUnchecked}},
 		"token_rejections_total": {"cause": {RejectCooldown, RejectBreakerOpen, RejectQueueTimeout, RejectSharedRate,
 			RejectUserRateLimit, RejectUnknownUser, RejectInvalidClient, RejectRememberedRefusal}},
 		"redis_errors_total":      {"op": {RedisOpGet, RedisOpSet, RedisOpDelete, RedisOpLock, RedisOpRelease, RedisOpPublish, RedisOpRate}},

@@ -35,6 +35,17 @@ const (
 	RefreshError     = "error"
 )
 
+// Results of checking a suspect L1 copy (one held when the invalidation
+// subscription came back), the label values of SuspectChecks.
+const (
+	SuspectConfirmed = "confirmed"  // Redis holds the same token: served
+	SuspectReplaced  = "replaced"   // Redis holds a newer token: that one served
+	SuspectLoggedOut = "logged_out" // the user's logout tombstone stands: dropped, filled afresh
+	SuspectAccepted  = "accepted"   // not in Redis; the tenant takes it: put back and served
+	SuspectRefused   = "refused"    // not in Redis; the tenant refused it: evicted, a new one minted
+	SuspectUnchecked = "unchecked"  // the tenant could not be asked: served, not put back
+)
+
 // Lease results, the label values of Leases.
 const (
 	LeaseAcquired  = "acquired"   // took the lease at once and fetched
@@ -171,6 +182,14 @@ type Metrics struct {
 	// GroupChanges counts what the syncs changed at the tenant, by tenant
 	// and change (added, removed, created, failed).
 	GroupChanges *prometheus.CounterVec
+	// RefreshDeferrals counts refresh-ahead runs that gave way to requests
+	// (no free slot, a request waiting, or the local or shared rate limit
+	// without its reserve for requests) and are tried again shortly while
+	// the served token has life left. Refreshes counts them as errors too.
+	RefreshDeferrals prometheus.Counter
+	// SuspectChecks counts checks of L1 copies held while the invalidation
+	// subscription was down (Redis or the network away), by result.
+	SuspectChecks *prometheus.CounterVec
 }
 
 // NewRegistry returns a registry holding the Go runtime and process
@@ -281,6 +300,14 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "token", Name: "refused_claims_total",
 			Help: "Token requests that named a token as refused, by outcome (mismatch, accepted, refused, unchecked, limited).",
 		}, []string{"result"}),
+		RefreshDeferrals: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "refresh_deferrals_total",
+			Help: "Refresh-ahead runs deferred because requests came first (also counted as refreshes_total{result=\"error\"}).",
+		}),
+		SuspectChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "token", Name: "suspect_checks_total",
+			Help: "Checks of L1 copies held while the invalidation subscription was down, by result (confirmed, replaced, logged_out, accepted, refused, unchecked).",
+		}, []string{"result"}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
@@ -303,6 +330,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Help: "Changes made by groups syncs at the tenant by tenant and change (added, removed, created, failed).",
 	}, []string{"tenant", "change"})
 	reg.MustRegister(m.GroupSyncs, m.GroupChanges)
+	reg.MustRegister(m.SuspectChecks, m.RefreshDeferrals)
 	return m
 }
 
