@@ -30,6 +30,13 @@ type benchBroker struct {
 
 func newBenchBroker(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.Keyring) *benchBroker {
 	b.Helper()
+	return newBenchBrokerGroups(b, shared, l1, keyring, nil)
+}
+
+// newBenchBrokerGroups is newBenchBroker whose user's session carries
+// groups (nil: no groups claim), synced once while warming.
+func newBenchBrokerGroups(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.Keyring, groups []string) *benchBroker {
+	b.Helper()
 	tn, err := qliktest.New()
 	if err != nil {
 		b.Fatal(err)
@@ -49,6 +56,13 @@ func newBenchBroker(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.
 		Metrics: m,
 	}
 	cfg.NoL1 = !l1
+	if groups != nil {
+		admin := tn.AddAdminClient()
+		dir := &broker.QlikDirectory{Client: qc, Admin: qlik.Credentials{ClientID: admin.ID, ClientSecret: admin.Secret}}
+		cfg.Tenants[0].Groups = dir.Groups()
+		cfg.Tenants[0].GroupsClaim = "groups"
+		cfg.Tenants[0].GroupsPrefix = "acme-"
+	}
 	br, err := broker.New(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -63,7 +77,7 @@ func newBenchBroker(b *testing.B, shared broker.Shared, l1 bool, keyring *cache.
 		b.Fatal(err)
 	}
 	bb := &benchBroker{broker: br, verifier: v, metrics: m, session: sess,
-		id: session.Identity{UserField: "userId", UserValue: user.ID}}
+		id: session.Identity{UserField: "userId", UserValue: user.ID, Groups: groups, HasGroups: groups != nil}}
 	if _, err := br.Token(context.Background(), bb.id); err != nil {
 		b.Fatal(err)
 	}
@@ -94,6 +108,31 @@ func BenchmarkToken(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			bb := bc.make(b)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bb.broker.Token(ctx, bb.id); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTokenGroups is BenchmarkToken for a session carrying an
+// unchanged groups claim: what the groups check adds to a cached token.
+func BenchmarkTokenGroups(b *testing.B) {
+	groups := []string{"acme-admins", "acme-sales"}
+	for _, bc := range []struct {
+		name   string
+		shared bool
+	}{{"L1", false}, {"L1+Redis", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var shared broker.Shared
+			if bc.shared {
+				shared = benchRedis(b)
+			}
+			bb := newBenchBrokerGroups(b, shared, true, nil, groups)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {

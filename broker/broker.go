@@ -203,10 +203,10 @@ type Config struct {
 type Broker struct {
 	tenants     atomic.Pointer[tenantSet]
 	upstreamCfg UpstreamConfig
-	l1          *cache.Memory[*cached] // nil when turned off
-	emails      *cache.Memory[string]  // email -> Qlik user id
-	groupHashes *cache.Memory[string]  // groups key -> hash of the last synced set
-	groupIDs    *cache.Memory[string]  // tenant + name -> custom group id
+	l1          *cache.Memory[*cached]    // nil when turned off
+	emails      *cache.Memory[string]     // email -> Qlik user id
+	groupHashes *cache.Memory[groupsMemo] // groups key -> the last synced set
+	groupIDs    *cache.Memory[string]     // tenant + name -> custom group id
 	names       nameCache
 	l1TTL       time.Duration
 	shared      Shared
@@ -318,7 +318,7 @@ func New(cfg Config) (*Broker, error) {
 		b.l1 = cache.NewMemory[*cached](memOpts)
 	}
 	b.emails = cache.NewMemory[string](memOpts)
-	b.groupHashes = cache.NewMemory[string](memOpts)
+	b.groupHashes = cache.NewMemory[groupsMemo](memOpts)
 	b.groupIDs = cache.NewMemory[string](memOpts)
 	b.refused = cache.NewMemory[string](memOpts)
 	b.reissued = cache.NewMemory[string](memOpts)

@@ -629,3 +629,76 @@ func TestGroupsCreateRaceAndStaleIDs(t *testing.T) {
 		t.Fatalf("patches %+v, want a 400 then a 204", p)
 	}
 }
+
+// TestGroupsSetTrustedForL1TTL: with Redis and L1, a set Redis confirmed is
+// trusted for QTB_L1_TTL without asking Redis again (the hot path costs no
+// round trip for unchanged groups); past it Redis is asked, and a set Redis
+// no longer holds is read from the tenant again. A changed set is never
+// answered from the memo.
+func TestGroupsSetTrustedForL1TTL(t *testing.T) {
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	admin := tn.AddAdminClient()
+	ada := tn.AddUser(qliktest.User{Name: "Ada", Subject: "idp|ada", Email: "ada@example.com", Status: "active"})
+	rdb := redistest.Start(t)
+	const l1TTL = time.Minute
+	tune := groupsTune(tn, clk, admin)
+	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(),
+		tune:   func(c *broker.Config) { tune(c); c.L1TTL = l1TTL },
+		shared: newRedisClient(t, cache.RedisOptions{URL: rdb.URL()})})
+	get := func(groups []string) (*http.Response, []byte) {
+		t.Helper()
+		resp, body := e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, groups), nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%v: %d %s", groups, resp.StatusCode, body)
+		}
+		return resp, body
+	}
+	get([]string{"acme-a"})
+	rc := rdb.Client(t)
+	ctx := context.Background()
+	keys, err := rc.Keys(ctx, "qtb:groups:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("groups keys in Redis: %q, %v", keys, err)
+	}
+	// Redis loses the set behind the broker's back (a flush): within
+	// L1TTL the memo answers, so nothing is asked of the tenant.
+	if err := rc.Del(ctx, keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	tn.ResetCounters()
+	clk.Advance(l1TTL / 2)
+	if resp, _ := get([]string{"acme-a"}); resp.Header.Get(broker.GroupsHeader) != "" {
+		t.Fatalf("within L1TTL: %s=%q, want no sync", broker.GroupsHeader, resp.Header.Get(broker.GroupsHeader))
+	}
+	if calls := adminCalls(tn); len(calls) != 0 {
+		t.Fatalf("within L1TTL the unchanged set cost tenant calls: %v", calls)
+	}
+	// A changed set is never answered from the memo.
+	if resp, _ := get([]string{"acme-b"}); resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("changed set: %s=%q, want synced", broker.GroupsHeader, resp.Header.Get(broker.GroupsHeader))
+	}
+	if got := groupNamesOf(tn.UserGroups(ada.ID)); !slices.Equal(got, []string{"custom:acme-b"}) {
+		t.Fatalf("ada's groups = %q", got)
+	}
+	// Past L1TTL Redis is asked again: with the key gone, the user's groups
+	// are read once (already in step: no write), and the set stored again.
+	if err := rc.Del(ctx, keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	tn.ResetCounters()
+	clk.Advance(l1TTL + time.Second)
+	get([]string{"acme-b"})
+	want := map[qliktest.Call]int{qliktest.CallUserGet: 1}
+	if got := adminCalls(tn); !mapsEqual(got, want) {
+		t.Fatalf("past L1TTL: admin calls %v, want %v", got, want)
+	}
+	if n, err := rc.Exists(ctx, keys[0]).Result(); err != nil || n != 1 {
+		t.Fatalf("the set was not stored again: %d, %v", n, err)
+	}
+}

@@ -63,27 +63,47 @@ func (b *Broker) syncGroups(ctx context.Context, up *upstream, k keys, user qlik
 	}
 }
 
+// groupsMemo is a user's last synced set as this process knows it: its
+// hash, and when Redis (or this process's own sync) last confirmed it.
+type groupsMemo struct {
+	hash string
+	at   int64 // Unix ns
+}
+
 // groupsSynced reports whether hash is the user's last synced set: Redis
 // when there is one (the replicas share it), memory without it or while
-// Redis fails.
+// Redis fails. With Redis and L1, a set confirmed within QTB_L1_TTL is
+// trusted without asking Redis again, as an L1 token copy is, so a request
+// whose groups have not changed costs no Redis round trip; a changed set
+// always asks.
 func (b *Broker) groupsSynced(ctx context.Context, key, hash string) bool {
-	if b.shared != nil {
-		raw, err := b.shared.Get(ctx, key)
-		switch {
-		case err == nil:
-			return string(raw) == hash
-		case errors.Is(err, cache.ErrMiss):
+	memo, ok := b.groupHashes.Get(key)
+	known := ok && memo.hash == hash
+	if b.shared == nil {
+		return known
+	}
+	now := b.now().UnixNano()
+	if known && b.l1 != nil && now-memo.at < int64(b.l1TTL) {
+		return true
+	}
+	raw, err := b.shared.Get(ctx, key)
+	switch {
+	case err == nil:
+		if string(raw) != hash {
 			return false
 		}
-		b.redisError(ctx, "get", err)
+		_ = b.groupHashes.Set(key, groupsMemo{hash: hash, at: now}, groupsHashTTL)
+		return true
+	case errors.Is(err, cache.ErrMiss):
+		return false
 	}
-	got, ok := b.groupHashes.Get(key)
-	return ok && got == hash
+	b.redisError(ctx, "get", err)
+	return known
 }
 
 // rememberSynced stores hash as the user's synced set, here and in Redis.
 func (b *Broker) rememberSynced(ctx context.Context, key, hash string) {
-	_ = b.groupHashes.Set(key, hash, groupsHashTTL)
+	_ = b.groupHashes.Set(key, groupsMemo{hash: hash, at: b.now().UnixNano()}, groupsHashTTL)
 	if b.shared != nil {
 		if err := b.shared.Set(ctx, key, []byte(hash), groupsHashTTL); err != nil {
 			b.redisError(ctx, "set", err)
