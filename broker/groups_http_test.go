@@ -628,6 +628,31 @@ func TestGroupsCreateRaceAndStaleIDs(t *testing.T) {
 	if p := tn.UserPatches(); len(p) != 2 || p[0].Status != 400 || p[1].Status != 204 {
 		t.Fatalf("patches %+v, want a 400 then a 204", p)
 	}
+
+	// A tenant that answers a stale group id with 404 (the reference lists
+	// 404 for the patch) gets the same one re-read and second patch (a new
+	// set, so that a sync runs: [a, b] is the one remembered).
+	var staleB string
+	for _, g := range got {
+		if g.Name == "acme-b" {
+			staleB = g.ID
+		}
+	}
+	if !tn.RemoveGroup(staleB) {
+		t.Fatal("removing acme-b failed")
+	}
+	tn.InjectFault(qliktest.EndpointUserPatch, qliktest.Fault{Status: http.StatusNotFound})
+	tn.ResetCounters()
+	resp, body = e.do("GET", "/v1/token", groupsSession(t, clk, ada.ID, []string{"acme-b", "acme-a", "acme-c"}), nil)
+	if resp.StatusCode != 200 || resp.Header.Get(broker.GroupsHeader) != broker.GroupsSynced {
+		t.Fatalf("stale id answered 404: %d %s=%q %s", resp.StatusCode, broker.GroupsHeader, resp.Header.Get(broker.GroupsHeader), body)
+	}
+	if names := groupNamesOf(tn.UserGroups(ada.ID)); !slices.Equal(names, []string{"custom:acme-a", "custom:acme-b", "custom:acme-c"}) {
+		t.Fatalf("after the 404 ada's groups = %q", names)
+	}
+	if n := tn.CallsTo(qliktest.CallUserPatch); n != 2 {
+		t.Fatalf("%d patches, want the one answered 404 and one more", n)
+	}
 }
 
 // TestGroupsSetTrustedForL1TTL: with Redis and L1, a set Redis confirmed is

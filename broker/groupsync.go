@@ -220,10 +220,12 @@ func (b *Broker) syncNow(ctx context.Context, up *upstream, key, hash string, us
 			b.log.DebugContext(ctx, "groups patch partly failed", "tenant", up.tenant.ID, "user_id", userID,
 				"failed_group_ids", partial.Failed, "trace_id", partial.TraceID)
 			return fmt.Errorf("%w: %d of %d membership changes failed (traceId %s)", errGroupsPartial, run.failed, len(addIDs)+len(removeIDs), partial.TraceID)
-		case qlikStatus(err, 400) != nil && attempt == 0:
+		case (qlikStatus(err, 400) != nil || qlikStatus(err, 404) != nil) && attempt == 0:
 			// Nothing was applied: the user's groups changed since the
 			// read (another sync, an administrator) or a remembered
-			// group id went stale. Read again, resolve again, once.
+			// group id went stale (a 400, or a 404 from a tenant that
+			// names the group not found). Read again, resolve again,
+			// once.
 			for _, name := range add {
 				b.groupIDs.Delete(up.tenant.ID + "\x00" + name)
 			}
