@@ -3,7 +3,10 @@ package broker
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/qtb-dev/qlik-token-broker/cache"
 )
@@ -85,6 +88,9 @@ func (b *Broker) loggedOut(ctx context.Context, tokenKey string) (out, sure bool
 	return false, false
 }
 
+// healWorkers is how many tokens healSoon puts back at once.
+const healWorkers = 16
+
 // healSoon starts putting back every token this replica holds, at most
 // once per L1TTL: a key missing from Redis while L1 holds it almost always
 // means Redis lost them all (a FLUSHALL, a failover that lost writes, a
@@ -104,24 +110,34 @@ func (b *Broker) healSoon(now time.Time) {
 	go func() {
 		defer b.bg.Done()
 		keys, values := b.l1.Snapshot()
-		healed := 0
+		// Several at a time: one by one, each a tombstone GET and a SET
+		// NX, 100k tokens would take ~100 s on a 0.5 ms network, and every
+		// request meanwhile that reaches a replica not holding the user's
+		// token mints.
+		var healed atomic.Int64
+		var g errgroup.Group
+		g.SetLimit(healWorkers)
 		for i, key := range keys {
-			if b.bgCtx.Err() != nil {
-				return
-			}
-			if b.healsHeld(b.now()) {
+			if b.bgCtx.Err() != nil || b.healsHeld(b.now()) {
 				break
 			}
 			if values[i].verified.Load() != b.l1Gen.Load() {
 				continue // suspect: put back only once checked (suspect.go)
 			}
-			ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
-			if out, sure := b.loggedOut(ctx, key); sure && !out && b.reseed(ctx, key, values[i], b.now()) {
-				healed++
-			}
-			cancel()
+			g.Go(func() error {
+				ctx, cancel := context.WithTimeout(b.bgCtx, b.fetchTimeout)
+				defer cancel()
+				if out, sure := b.loggedOut(ctx, key); sure && !out && b.reseed(ctx, key, values[i], b.now()) {
+					healed.Add(1)
+				}
+				return nil
+			})
 		}
-		b.log.Info("put the tokens held in L1 back into Redis, which had lost one", "held", len(keys), "stored", healed)
+		_ = g.Wait()
+		if b.bgCtx.Err() != nil {
+			return
+		}
+		b.log.Info("put the tokens held in L1 back into Redis, which had lost one", "held", len(keys), "stored", healed.Load())
 	}()
 }
 
