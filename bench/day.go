@@ -363,23 +363,15 @@ func (s *suite) runDayOnce(ctx context.Context, d dayOptions) (*DayResults, erro
 	defer stop()
 	failedBy := map[string]int{}
 	var failedMu sync.Mutex
-	fail := func(why string) bool {
-		failedMu.Lock()
-		failedBy[why]++
-		failedMu.Unlock()
-		return false
-	}
-	ask := func(user int) (ok bool) {
+	// ask sends one page view's token request; why names a failure.
+	ask := func(user int) (why string) {
 		rs := *replicas.Load()
 		p := rs[mrand.IntN(len(rs))]
 		req, _ := http.NewRequestWithContext(runCtx, http.MethodGet, tokenURL(p), nil)
 		req.Header = users.headers[user]
 		resp, err := hc.Do(req)
 		if err != nil {
-			if runCtx.Err() != nil {
-				return false
-			}
-			return fail("no answer")
+			return "no answer"
 		}
 		var e struct {
 			Error string `json:"error"` // the broker's error code
@@ -390,9 +382,9 @@ func (s *suite) runDayOnce(ctx context.Context, d dayOptions) (*DayResults, erro
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fail(strings.TrimSpace(fmt.Sprintf("%d %s", resp.StatusCode, e.Error)))
+			return strings.TrimSpace(fmt.Sprintf("%d %s", resp.StatusCode, e.Error))
 		}
-		return true
+		return ""
 	}
 	end := simAt(d.end())
 	var wg sync.WaitGroup
@@ -414,14 +406,18 @@ func (s *suite) runDayOnce(ctx context.Context, d dayOptions) (*DayResults, erro
 			}
 			for first := v.first; runCtx.Err() == nil && time.Now().Before(until); first = false {
 				start := time.Now()
-				ok := ask(v.user)
+				why := ask(v.user)
 				if runCtx.Err() != nil {
 					return // the run was stopped: not the broker's failure
 				}
+				ok := why == ""
 				b := bucket(start)
 				atomic.AddInt64(&stats[b].Requests, 1)
 				if !ok {
 					atomic.AddInt64(&stats[b].Failed, 1)
+					failedMu.Lock()
+					failedBy[why]++
+					failedMu.Unlock()
 				}
 				if first && ok {
 					waitsMu.Lock()

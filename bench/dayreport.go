@@ -277,7 +277,12 @@ func renderDaySearch(ds *DaySearch, imgRel string) string {
 	w("\n")
 
 	if r := ds.Day; r != nil {
-		w("### The day at the measured limit\n\n%s\n", renderDay(r))
+		w("### The day at the measured limit\n\n")
+		w("What it shows (generated from the figures below):\n\n")
+		for _, f := range dayFindings(ds) {
+			w("* %s\n", f)
+		}
+		w("\n%s\n", renderDay(r))
 		img("day-calls.png", "token calls vs quota over the day")
 		img("day-waits.png", "first-token waits over the day")
 		for _, e := range []struct {
@@ -290,6 +295,72 @@ func renderDaySearch(ds *DaySearch, imgRel string) string {
 		}
 	}
 	return b.String()
+}
+
+// dayFindings are the day's headline figures as sentences: what happened
+// at the limit, through the flush and the roll, and what failed the step
+// above it.
+func dayFindings(ds *DaySearch) []string {
+	r := ds.Day
+	var out []string
+	worst, at := 0.0, ""
+	for _, m := range r.Minutes {
+		if m.FirstWaitP99 > worst {
+			worst, at = m.FirstWaitP99, clockOf(float64(m.Minute)/60)
+		}
+	}
+	out = append(out, fmt.Sprintf("At %d users: %d × 429 and %d failed requests of %d, through the flush and the rolling restart; first-token wait p50 %.1f ms, p99 %.0f ms over the day (the worst minute's p99: %.0f ms at %s).",
+		r.Users, r.Rejected429, r.Failed, r.Requests, r.FirstWaitP50, r.FirstWaitP99, worst, at))
+	peak, peakAt := 0.0, 0
+	for _, m := range r.Minutes {
+		if m.WindowPerMin > peak {
+			peak, peakAt = m.WindowPerMin, m.Minute
+		}
+	}
+	where := ""
+	if fh := r.flushHour(); fh > 0 && float64(peakAt) >= fh*60 && float64(peakAt) < fh*60+10 {
+		where = ", in the minutes after the flush"
+	}
+	out = append(out, fmt.Sprintf("The busiest 5-minute window held %.1f token calls a minute (quota %d) and ended at %s%s.", peak, r.QuotaPerMinute, clockOf(float64(peakAt)/60), where))
+	if r.FlushHeldUsers > 0 {
+		caused := r.FlushTokenCalls - r.FlushFirstTokens
+		cmp := "fewer"
+		if caused >= r.FlushHeldUsers {
+			cmp = "not fewer"
+		}
+		out = append(out, fmt.Sprintf("The flush cost %d token calls beyond first tokens in the 5 minutes after it, %s than the %d users holding a token; Redis was 90 %% refilled from the replicas' L1 %d ms real after it (%s simulated).",
+			caused, cmp, r.FlushHeldUsers, r.FlushRefill.Ms90, r.FlushRefill.Sim90))
+	}
+	if rh := r.rollHour(); rh > 0 && r.RollDone != "" {
+		var h, mm int
+		if _, err := fmt.Sscanf(r.RollDone, "%d:%d", &h, &mm); err == nil {
+			start, end := int(rh*60+0.5), h*60+mm+5
+			n := end - start
+			other := func(from, to int) (calls int, wait float64) {
+				for _, m := range r.Minutes {
+					if m.Minute >= from && m.Minute < to {
+						calls += m.TokenCalls - m.FirstTokens
+						wait = max(wait, m.FirstWaitP99)
+					}
+				}
+				return calls, wait
+			}
+			during, wait := other(start, end)
+			before, _ := other(start-n, start)
+			out = append(out, fmt.Sprintf("The rolling restart (%s–%s): %d token calls other than first tokens in the %d minutes from its start to 5 minutes after its end, against %d in the %d minutes before it (refreshes and users back after their token stopped being served); first-token wait p99 at most %.0f ms in those minutes.",
+				clockOf(rh), r.RollDone, during, n, before, n, wait))
+		}
+	}
+	for _, s := range ds.Steps {
+		if s.Users == ds.FirstFail {
+			why := fmt.Sprintf("%d × 429", s.Rejected429)
+			if s.Rejected429 == 0 {
+				why = fmt.Sprintf("a first-token wait p99 of %.0f ms with 0 × 429", s.FirstWaitP99)
+			}
+			out = append(out, fmt.Sprintf("The step above the limit, %d users, failed on %s (machine busy %.2f cores of %d).", s.Users, why, s.BusyCores, ds.Machine.NumCPU))
+		}
+	}
+	return out
 }
 
 // waveOnly is the largest population measured with no 429 before the
