@@ -17,6 +17,7 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/vg"
 )
 
@@ -415,6 +416,24 @@ func (intTicks) Ticks(lo, hi float64) []plot.Tick {
 	return ts
 }
 
+// popTicks label populations every 1,000, 2,500 or 5,000 users.
+type popTicks struct{}
+
+func (popTicks) Ticks(lo, hi float64) []plot.Tick {
+	step := 1000.0
+	switch {
+	case hi-lo > 40_000:
+		step = 5000
+	case hi-lo > 15_000:
+		step = 2500
+	}
+	var ts []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi; v += step {
+		ts = append(ts, plot.Tick{Value: v, Label: fmt.Sprintf("%.0f", v)})
+	}
+	return ts
+}
+
 // writeDayPlots renders the day's plots (when day is not nil) and the
 // search's (when ds has steps) into dir.
 func writeDayPlots(dir string, day *DayResults, ds *DaySearch) error {
@@ -565,7 +584,7 @@ func plotSearch(dir string, ds *DaySearch) error {
 	p.Legend.Top, p.Legend.Left = true, true
 	var pass, fail plotter.XYs
 	labels := plotter.XYLabels{}
-	top, right := 1.0, 0.0
+	top, left, right := 1.0, math.Inf(1), 0.0
 	for _, s := range ds.Steps {
 		xy := plotter.XY{X: float64(s.Users), Y: float64(s.Rejected429)}
 		if s.Pass {
@@ -575,7 +594,7 @@ func plotSearch(dir string, ds *DaySearch) error {
 		}
 		labels.XYs = append(labels.XYs, xy)
 		labels.Labels = append(labels.Labels, fmt.Sprintf("p99 %.0f ms", s.FirstWaitP99))
-		top, right = max(top, xy.Y), max(right, xy.X)
+		top, left, right = max(top, xy.Y), min(left, xy.X), max(right, xy.X)
 	}
 	for i, set := range []struct {
 		name string
@@ -600,10 +619,15 @@ func plotSearch(dir string, ds *DaySearch) error {
 		return err
 	}
 	lbl.Offset = vg.Point{X: vg.Points(6), Y: vg.Points(4)}
+	for i := range lbl.TextStyle {
+		if i%2 == 1 { // neighbouring populations: one label above, one below
+			lbl.TextStyle[i].YAlign = text.YTop
+		}
+	}
 	p.Add(lbl)
 	if len(ds.Models) > 0 && ds.Models[0].Limit > 0 {
 		x := float64(ds.Models[0].Limit)
-		right = max(right, x)
+		left, right = min(left, x), max(right, x)
 		if err := dashed(p, x, 0, x, top*1.2, gray, fmt.Sprintf("model limit %d", ds.Models[0].Limit)); err != nil {
 			return err
 		}
@@ -614,8 +638,8 @@ func plotSearch(dir string, ds *DaySearch) error {
 		}
 	}
 	p.Add(plotter.NewGrid())
-	p.X.Min, p.X.Max = 0, right*1.2
+	p.X.Min, p.X.Max = left*0.85, right*1.1
 	p.Y.Min, p.Y.Max = 0, top*1.6
-	p.X.Tick.Marker, p.Y.Tick.Marker = intTicks{}, intTicks{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = popTicks{}, intTicks{}
 	return p.Save(8*vg.Inch, 4.5*vg.Inch, filepath.Join(dir, "day-search.png"))
 }
