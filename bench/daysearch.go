@@ -231,6 +231,9 @@ func modelLimits(d dayOptions) []limitModel {
 	first, visits, views := make([]float64, minutes), make([]float64, minutes), make([]float64, minutes)
 	at := func(h float64) int { return min(max(int((h-d.from)*60), 0), minutes-1) }
 	for _, v := range plan {
+		if v.start >= d.to {
+			continue // clamped to the day's end: not a visit of this day
+		}
 		visits[at(v.start)]++
 		if v.first {
 			first[at(v.start)]++
