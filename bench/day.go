@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -38,6 +39,35 @@ type dayOptions struct {
 	quota       int     // Tier-2 calls per simulated minute
 	flushAt     float64 // simulated hour; outside [from, to): none
 	rollAt      float64
+	// until ends the run early, at this simulated hour (0: to). The plan
+	// (who visits when) is still the whole day's, so a run until h is the
+	// first part of the day, not a day squeezed into [from, h).
+	until float64
+	// start begins the run later than from (0: from), with the same plan.
+	start float64
+	// The -day-search flags (daysearch.go).
+	search                            bool
+	searchMin, searchMax, searchSteps int
+	searchFrom, searchUntil           float64
+	waitGoal                          time.Duration
+}
+
+// begin is the simulated hour the run starts: d.start when it falls
+// inside the day (visits that began before it are left out: those users
+// are away, holding a token or not), else d.from.
+func (d dayOptions) begin() float64 {
+	if d.start > d.from && d.start < d.end() {
+		return d.start
+	}
+	return d.from
+}
+
+// end is the simulated hour the run stops.
+func (d dayOptions) end() float64 {
+	if d.until > d.from && d.until < d.to {
+		return d.until
+	}
+	return d.to
 }
 
 // dayMinute is what one simulated minute saw.
@@ -52,6 +82,28 @@ type dayMinute struct {
 	Rejected429   int     `json:"rejected_429"`
 	ActiveUsers   int64   `json:"active_users"`
 	VisitsStarted int64   `json:"visits_started"`
+	// WindowPerMin is the token calls of the 5 simulated minutes ending
+	// with this one, a minute: what Qlik's window holds against the quota.
+	WindowPerMin float64 `json:"window_calls_a_minute"`
+	// Refreshes are the brokers' background refresh runs by result
+	// (qlik_token_broker_token_refreshes_total); "error" counts the
+	// deferred ones too (requests came first), and "deferred" counts them
+	// alone where the broker has token_refresh_deferrals_total.
+	Refreshes map[string]int `json:"refreshes,omitempty"`
+	// MaxLagMS is how late (real ms) the generator sent the minute's
+	// latest page view: large when the machine cannot keep up.
+	MaxLagMS int64 `json:"max_generator_lag_ms"`
+}
+
+// lagMax raises *m to d in milliseconds.
+func lagMax(m *int64, d time.Duration) {
+	ms := d.Milliseconds()
+	for {
+		cur := atomic.LoadInt64(m)
+		if ms <= cur || atomic.CompareAndSwapInt64(m, cur, ms) {
+			return
+		}
+	}
 }
 
 // dayModel is a caching pattern's token calls computed from the day.
@@ -93,28 +145,49 @@ type dayHour struct {
 	FirstTokens     int     `json:"first_tokens"`
 	FirstWaitP50    float64 `json:"first_wait_p50_ms"`
 	FirstWaitP99    float64 `json:"first_wait_p99_ms"`
+	MaxWindowPerMin float64 `json:"max_window_calls_a_minute"`
+	Refreshed       int     `json:"refreshed"`
+	RefreshErrors   int     `json:"refresh_errors_or_deferred"`
+	RefreshDeferred int     `json:"refresh_deferred"`
 }
 
 // DayResults is what -day writes to day.json.
 type DayResults struct {
-	Users           int         `json:"users"`
-	Compression     float64     `json:"compression"`
-	FromHour        float64     `json:"from_hour"`
-	ToHour          float64     `json:"to_hour"`
-	QuotaPerMinute  int         `json:"quota_per_minute"`
-	Settings        []string    `json:"broker_settings"`
-	TokenLifetime   string      `json:"token_lifetime"`
-	Events          []string    `json:"events"`
-	Hours           []dayHour   `json:"hours"`
-	Minutes         []dayMinute `json:"minutes"`
-	Requests        int64       `json:"requests"`
-	Failed          int64       `json:"failed"`
-	TokenCalls      int         `json:"token_calls"`
-	Rejected429     int         `json:"rejected_429"`
-	FirstWaitP50    float64     `json:"first_wait_p50_ms"`
-	FirstWaitP99    float64     `json:"first_wait_p99_ms"`
-	FlushTokenCalls int         `json:"flush_token_calls"` // in the 5 simulated minutes after the flush
-	FlushHeldUsers  int         `json:"flush_held_users"`  // users who had a token at the flush
+	Users           int            `json:"users"`
+	Compression     float64        `json:"compression"`
+	FromHour        float64        `json:"from_hour"`
+	ToHour          float64        `json:"to_hour"`
+	UntilHour       float64        `json:"until_hour"` // where the run stopped: ToHour unless cut short
+	DayVisits       int            `json:"day_visits"`
+	QuotaPerMinute  int            `json:"quota_per_minute"`
+	Settings        []string       `json:"broker_settings"`
+	TokenLifetime   string         `json:"token_lifetime"`
+	Events          []string       `json:"events"`
+	Hours           []dayHour      `json:"hours"`
+	Minutes         []dayMinute    `json:"minutes"`
+	Requests        int64          `json:"requests"`
+	Failed          int64          `json:"failed"`
+	TokenCalls      int            `json:"token_calls"`
+	Rejected429     int            `json:"rejected_429"`
+	FirstWaitP50    float64        `json:"first_wait_p50_ms"`
+	FirstWaitP99    float64        `json:"first_wait_p99_ms"`
+	FirstTokens     int            `json:"first_tokens"`
+	MaxWindowPerMin float64        `json:"max_window_calls_a_minute"`
+	Refreshes       map[string]int `json:"refreshes"`
+	// FailedBy counts failed requests by answer ("503 upstream_unavailable",
+	// "no answer").
+	FailedBy        map[string]int `json:"failed_by,omitempty"`
+	MaxLagMS        int64          `json:"max_generator_lag_ms"`
+	FlushTokenCalls int            `json:"flush_token_calls"` // in the 5 simulated minutes after the flush
+	FlushHeldUsers  int            `json:"flush_held_users"`  // users who had a token at the flush
+	FlushKeysBefore int64          `json:"flush_keys_before"` // Redis keys just before the flush
+	FlushRefill     refill         `json:"flush_refill"`
+	// RollDone is the simulated time the rolling restart ended.
+	RollDone string `json:"roll_done,omitempty"`
+	// BusyCores is the machine's CPU use during the run (all processes,
+	// ours and others'), in cores: near nproc, the machine was saturated.
+	BusyCores float64 `json:"machine_busy_cores"`
+	NumCPU    int     `json:"nproc"`
 	// FlushFirstTokens are the first tokens of users new that day in the
 	// same 5 minutes: the calls the flush did not cause.
 	FlushFirstTokens int `json:"flush_first_tokens"`
@@ -163,106 +236,188 @@ func planDay(o dayOptions, rng *mrand.Rand) []daySession {
 	return out
 }
 
-// runDay is `bench -day`.
+// runDay is `bench -day`: one day, written to day.json.
 func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
-	d := o.day
+	started := time.Now()
 	s := &suite{o: o, log: log}
-	root, err := moduleRoot(ctx)
+	cleanup, err := s.dayBuild(ctx)
+	defer cleanup()
 	if err != nil {
 		return err
 	}
-	if s.tmp, err = os.MkdirTemp("", "qtb-day-"); err != nil {
+	res, err := s.runDayOnce(ctx, o.day)
+	if res == nil {
 		return err
 	}
-	defer os.RemoveAll(s.tmp)
+	res.RealSeconds = time.Since(started).Seconds()
+	if err := os.MkdirAll(s.o.out, 0o755); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	path := filepath.Join(s.o.out, "day.json")
+	if werr := os.WriteFile(path, b, 0o644); werr != nil {
+		return werr
+	}
+	if perr := writeDayPlots(s.o.out, res, nil); perr != nil {
+		return perr
+	}
+	fmt.Fprintf(stdout, "wrote %s and plots\n\n%s", path, renderDay(res))
+	return err
+}
+
+// dayBuild builds the broker and draws the secrets every run of a day
+// shares; cleanup removes the build directory.
+func (s *suite) dayBuild(ctx context.Context) (cleanup func(), err error) {
+	cleanup = func() {}
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return cleanup, err
+	}
+	if s.tmp, err = os.MkdirTemp("", "qtb-day-"); err != nil {
+		return cleanup, err
+	}
+	cleanup = func() { os.RemoveAll(s.tmp) }
 	s.broker = filepath.Join(s.tmp, "qlik-token-broker")
 	s.logf("building the broker")
 	if err := build(ctx, root, ".", s.broker); err != nil {
-		return err
+		return cleanup, err
 	}
+	s.client = qliktest.OAuthClient{ID: "bench-client", Secret: randomHex(32)}
+	s.hmac = []byte(randomHex(32))
+	s.cacheKey = "bench:" + strings.Repeat("A", 43) + "="
+	return cleanup, nil
+}
+
+// daySettings are the broker settings of a day compressed by c: every
+// duration divided by c, except where a setting's floor forbids it.
+func daySettings(c float64) []string {
+	scaled := func(x time.Duration) time.Duration { return time.Duration(float64(x) / c).Round(time.Millisecond) }
+	// QTB_MIN_TOKEN_TTL cannot go below 1m and QTB_REFRESH_AHEAD must
+	// exceed it: 1h20m/c up to c = 80 (so it still exceeds the floor),
+	// 70s beyond (the token lifetime, 6h/c, must exceed that: c < 300).
+	ahead := scaled(time.Hour + 20*time.Minute)
+	if ahead <= time.Minute+time.Second {
+		ahead = 70 * time.Second
+	}
+	return []string{
+		"QTB_MIN_TOKEN_TTL=1m", // the floor: 10m/c would be below it
+		"QTB_REFRESH_AHEAD=" + ahead.String(),
+		"QTB_TOKEN_SKEW=" + scaled(time.Minute).String(),
+		"QTB_L1_TTL=" + scaled(5*time.Minute).String(),
+	}
+}
+
+// runDayOnce runs one day (or its first part, until d.until) on a fresh
+// Redis, tenant and three brokers, all stopped when it returns. It returns
+// what it measured, with an error when the run was cut short.
+func (s *suite) runDayOnce(ctx context.Context, d dayOptions) (*DayResults, error) {
+	started := time.Now()
+	busy0, _ := machineBusy()
+	var err error
 	if s.redis, err = startRedis(ctx, s.tmp); err != nil {
-		return err
+		return nil, err
 	}
 	defer s.redis.stop()
 	tenant, err := qliktest.NewOnAddr("127.0.0.1:0", qliktest.WithTier2Quota(d.quota), qliktest.WithCompression(d.compression))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer tenant.Close()
-	s.client = qliktest.OAuthClient{ID: "bench-client", Secret: randomHex(32)}
 	tenant.AddClient(s.client)
-	s.hmac = []byte(randomHex(32))
-	s.cacheKey = "bench:" + strings.Repeat("A", 43) + "="
 	users, err := s.newUsers(tenant, d.users)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
-	c := d.compression
-	scaled := func(x time.Duration) string { return (time.Duration(float64(x) / c)).Round(time.Millisecond).String() }
-	settings := []string{
-		"QTB_MIN_TOKEN_TTL=1m",                                  // the floor: 10m/c would be below it
-		"QTB_REFRESH_AHEAD=" + scaled(time.Hour+20*time.Minute), // keeps refresh-ahead > min TTL at c up to 80
-		"QTB_TOKEN_SKEW=" + scaled(time.Minute),
-		"QTB_L1_TTL=" + scaled(5*time.Minute),
-	}
-	res := &DayResults{Users: d.users, Compression: c, FromHour: d.from, ToHour: d.to, QuotaPerMinute: d.quota,
-		Settings: settings, TokenLifetime: scaled(6 * time.Hour)}
+	c, from := d.compression, d.begin()
+	settings := daySettings(c)
+	res := &DayResults{Users: d.users, Compression: c, FromHour: from, ToHour: d.to, UntilHour: d.end(), QuotaPerMinute: d.quota,
+		Settings: settings, TokenLifetime: (time.Duration(float64(6*time.Hour)/c) / time.Second * time.Second).String()}
 	var replicas atomic.Pointer[[]*proc]
 	brokers, err := s.startBrokers(ctx, 3, tenant, settings...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	replicas.Store(&brokers)
-	defer func() { stopAll(*replicas.Load()) }()
+	var rollWG sync.WaitGroup
+	defer func() { rollWG.Wait(); stopAll(*replicas.Load()) }()
 
 	simMinute := time.Duration(float64(time.Minute) / c)
-	minutes := int(math.Round((d.to - d.from) * 60))
+	minutes := int(math.Round((d.end() - from) * 60))
 	stats := make([]dayMinute, minutes)
 	waits := make([][]float64, minutes)
 	var waitsMu sync.Mutex
 	var active atomic.Int64
 	t0 := time.Now().Add(time.Second)
-	simAt := func(h float64) time.Time { return t0.Add(time.Duration((h - d.from) * 60 * float64(simMinute))) }
+	simAt := func(h float64) time.Time { return t0.Add(time.Duration((h - from) * 60 * float64(simMinute))) }
 	bucket := func(t time.Time) int { return min(max(int(t.Sub(t0)/simMinute), 0), minutes-1) }
 
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	defer hc.CloseIdleConnections()
-	rng := mrand.New(mrand.NewPCG(1, 2))
-	plan := planDay(d, rng)
-	s.logf("the day: %d users, %d visits, %.0f-%.0fh simulated at %gx (%s real); %v",
-		d.users, len(plan), d.from, d.to, c, time.Duration(float64(minutes)*float64(simMinute)).Round(time.Second), settings)
+	plan := planDay(d, mrand.New(mrand.NewPCG(1, 2)))
+	res.DayVisits = len(plan)
+	s.logf("the day: %d users, %d visits, %s-%s simulated at %gx (%s real); %v",
+		d.users, len(plan), clockOf(from), clockOf(d.end()), c, time.Duration(float64(minutes)*float64(simMinute)).Round(time.Second), settings)
 
-	ask := func(user int) (ok bool) {
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	failedBy := map[string]int{}
+	var failedMu sync.Mutex
+	// ask sends one page view's token request; why names a failure.
+	ask := func(user int) (why string) {
 		rs := *replicas.Load()
 		p := rs[mrand.IntN(len(rs))]
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tokenURL(p), nil)
+		req, _ := http.NewRequestWithContext(runCtx, http.MethodGet, tokenURL(p), nil)
 		req.Header = users.headers[user]
 		resp, err := hc.Do(req)
 		if err != nil {
-			return false
+			return "no answer"
+		}
+		var e struct {
+			Error string `json:"error"` // the broker's error code
+		}
+		if resp.StatusCode != http.StatusOK {
+			_ = json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&e)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		if resp.StatusCode != http.StatusOK {
+			return strings.TrimSpace(fmt.Sprintf("%d %s", resp.StatusCode, e.Error))
+		}
+		return ""
 	}
+	end := simAt(d.end())
 	var wg sync.WaitGroup
 	for _, v := range plan {
+		if v.start >= d.end() || v.start < from {
+			continue
+		}
 		wg.Go(func() {
 			r := mrand.New(mrand.NewPCG(uint64(v.user), uint64(v.start*1000)))
-			if !sleepUntil(ctx, simAt(v.start)) {
+			if !sleepUntil(runCtx, simAt(v.start)) {
 				return
 			}
 			active.Add(1)
 			defer active.Add(-1)
 			atomic.AddInt64(&stats[bucket(time.Now())].VisitsStarted, 1)
-			for first := v.first; ctx.Err() == nil && time.Now().Before(simAt(v.end)); first = false {
+			until := simAt(v.end)
+			if until.After(end) {
+				until = end
+			}
+			for first := v.first; runCtx.Err() == nil && time.Now().Before(until); first = false {
 				start := time.Now()
-				ok := ask(v.user)
+				why := ask(v.user)
+				if runCtx.Err() != nil {
+					return // the run was stopped: not the broker's failure
+				}
+				ok := why == ""
 				b := bucket(start)
 				atomic.AddInt64(&stats[b].Requests, 1)
 				if !ok {
 					atomic.AddInt64(&stats[b].Failed, 1)
+					failedMu.Lock()
+					failedBy[why]++
+					failedMu.Unlock()
 				}
 				if first && ok {
 					waitsMu.Lock()
@@ -270,28 +425,38 @@ func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
 					waitsMu.Unlock()
 				}
 				// The next page view: every 4 simulated minutes on average.
-				if !sleepUntil(ctx, time.Now().Add(time.Duration(r.ExpFloat64()*4*float64(simMinute)))) {
+				next := time.Now().Add(time.Duration(r.ExpFloat64() * 4 * float64(simMinute)))
+				if !sleepUntil(runCtx, next) {
 					return
 				}
+				lagMax(&stats[bucket(next)].MaxLagMS, time.Since(next))
 			}
 		})
 	}
 
-	// Per simulated minute: the tenant's counts; the events on their hour.
+	// Per simulated minute: the tenant's counts, the brokers' refreshes;
+	// the events on their hour.
 	events := func(m int) {
-		h := d.from + float64(m)/60
+		h := from + float64(m)/60
 		switch {
-		case d.flushAt >= d.from && d.flushAt < d.to && m == int((d.flushAt-d.from)*60):
+		case d.flushAt >= from && d.flushAt < d.end() && m == int((d.flushAt-from)*60):
 			res.FlushHeldUsers = countHeld(plan, h)
+			before, _ := s.redis.client.DBSize(ctx).Result()
 			if err := s.redis.flush(ctx); err != nil {
 				s.logf("flush: %v", err)
 			}
+			res.FlushKeysBefore = before
+			rollWG.Go(func() { res.FlushRefill = watchRefill(runCtx, s.redis, before, c) })
 			res.Events = append(res.Events, fmt.Sprintf("%s FLUSHALL (%d users held a token)", clockOf(h), res.FlushHeldUsers))
-		case d.rollAt >= d.from && d.rollAt < d.to && m == int((d.rollAt-d.from)*60):
+		case d.rollAt >= from && d.rollAt < d.end() && m == int((d.rollAt-from)*60):
 			res.Events = append(res.Events, clockOf(h)+" rolling restart of the 3 replicas")
-			go s.roll(ctx, &replicas, tenant, settings)
+			rollWG.Go(func() {
+				s.roll(runCtx, &replicas, tenant, settings)
+				res.RollDone = clockOf(from + float64(time.Since(t0))/float64(simMinute)/60)
+			})
 		}
 	}
+	refreshes := newRefreshCounter()
 	calls0, use0 := tenant.Calls(qliktest.EndpointToken), tenant.QuotaUse()
 	tick := time.NewTicker(simMinute)
 	for m := 0; m < minutes && ctx.Err() == nil; m++ {
@@ -305,21 +470,44 @@ func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
 		calls, use := tenant.Calls(qliktest.EndpointToken), tenant.QuotaUse()
 		if m > 0 {
 			stats[m-1].TokenCalls, stats[m-1].Rejected429 = calls-calls0, use.Rejected-use0.Rejected
+			stats[m-1].Refreshes = refreshes.delta(ctx, *replicas.Load())
 		}
 		calls0, use0 = calls, use
 	}
 	tick.Stop()
+	sleepUntil(ctx, end)
+	stop()
 	wg.Wait()
+	rollWG.Wait() // the roll and the refill watch write into res
 	calls, use := tenant.Calls(qliktest.EndpointToken), tenant.QuotaUse()
 	stats[minutes-1].TokenCalls, stats[minutes-1].Rejected429 = calls-calls0, use.Rejected-use0.Rejected
+	stats[minutes-1].Refreshes = refreshes.delta(ctx, *replicas.Load())
+	summarizeDay(res, d, stats, waits)
+	res.FailedBy = failedBy
+	res.RealSeconds = time.Since(started).Seconds()
+	res.NumCPU = runtime.NumCPU()
+	if busy1, err := machineBusy(); err == nil && busy0 > 0 {
+		res.BusyCores = float64(busy1-busy0) / float64(time.Since(started))
+	}
+	return res, ctx.Err()
+}
 
+// summarizeDay fills res from the per-minute stats and first-token waits.
+func summarizeDay(res *DayResults, d dayOptions, stats []dayMinute, waits [][]float64) {
 	var all []float64
 	hourWaits := map[int][]float64{}
+	res.Refreshes = map[string]int{}
 	for m := range stats {
-		stats[m].Minute = int(d.from*60) + m
+		stats[m].Minute = int(math.Round(d.begin()*60)) + m
 		st := &stats[m]
 		st.FirstTokens = len(waits[m])
 		st.FirstWaitP50, st.FirstWaitP99 = quantile(waits[m], 0.5), quantile(waits[m], 0.99)
+		w := int(qliktest.QuotaWindow / time.Minute)
+		var sum int
+		for i := max(m-w+1, 0); i <= m; i++ {
+			sum += stats[i].TokenCalls
+		}
+		st.WindowPerMin = float64(sum) / float64(w)
 		all = append(all, waits[m]...)
 		h := stats[m].Minute / 60
 		hourWaits[h] = append(hourWaits[h], waits[m]...)
@@ -332,16 +520,26 @@ func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
 		hr.Failed += st.Failed
 		hr.TokenCalls += st.TokenCalls
 		hr.MaxCallsAMinute = max(hr.MaxCallsAMinute, st.TokenCalls)
+		hr.MaxWindowPerMin = max(hr.MaxWindowPerMin, st.WindowPerMin)
 		hr.Rejected429 += st.Rejected429
+		hr.Refreshed += st.Refreshes["refreshed"]
+		hr.RefreshErrors += st.Refreshes["error"]
+		hr.RefreshDeferred += st.Refreshes["deferred"]
+		for k, v := range st.Refreshes {
+			res.Refreshes[k] += v
+		}
 		res.Requests += st.Requests
 		res.Failed += st.Failed
 		res.TokenCalls += st.TokenCalls
 		res.Rejected429 += st.Rejected429
-		if fm := int((d.flushAt - d.from) * 60); m >= fm && m < fm+5 {
+		res.MaxWindowPerMin = max(res.MaxWindowPerMin, st.WindowPerMin)
+		res.MaxLagMS = max(res.MaxLagMS, st.MaxLagMS)
+		if fm := int((d.flushAt - d.begin()) * 60); d.flushAt >= d.begin() && m >= fm && m < fm+5 {
 			res.FlushTokenCalls += st.TokenCalls
 			res.FlushFirstTokens += st.FirstTokens
 		}
 	}
+	res.FirstTokens = len(all)
 	res.FirstWaitP50, res.FirstWaitP99 = quantile(all, 0.5), quantile(all, 0.99)
 	for i := range res.Hours {
 		w := hourWaits[res.Hours[i].Hour]
@@ -355,6 +553,7 @@ func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
 		perView = append(perView, m.Requests)
 		perVisit = append(perVisit, m.VisitsStarted)
 	}
+	res.Models = nil
 	for _, md := range []struct {
 		name, kind string
 		calls      []int64
@@ -370,17 +569,78 @@ func runDay(ctx context.Context, o options, stdout, log io.Writer) error {
 		}
 		res.Models = append(res.Models, dayModel{Name: md.name, TokenCalls: total, PeakWindowPerMin: peak, MinutesOverQuota: over, MeasuredOrModelled: md.kind})
 	}
-	res.RealSeconds = time.Since(t0).Seconds()
-	if err := os.MkdirAll(s.o.out, 0o755); err != nil {
-		return err
+}
+
+// refreshCounter turns the brokers' refresh counters into per-minute
+// deltas, per process, so a replica that joins (the roll) starts from 0.
+type refreshCounter struct{ last map[*proc]map[string]float64 }
+
+func newRefreshCounter() *refreshCounter {
+	return &refreshCounter{last: map[*proc]map[string]float64{}}
+}
+
+// Refresh runs by result, and (brokers that count them) the deferred
+// ones, which refreshes_total also counts as "error".
+const (
+	refreshSeries  = "qlik_token_broker_token_refreshes_total"
+	deferralSeries = "qlik_token_broker_token_refresh_deferrals_total"
+)
+
+func (rc *refreshCounter) delta(ctx context.Context, ps []*proc) map[string]int {
+	var out map[string]int
+	for _, p := range ps {
+		m, err := scrape(ctx, p.metrics, refreshSeries, deferralSeries)
+		if err != nil {
+			continue
+		}
+		prev := rc.last[p]
+		cur := map[string]float64{}
+		for series, v := range m {
+			r := label(series, "result")
+			if strings.HasPrefix(series, deferralSeries) {
+				r = "deferred"
+			}
+			cur[r] += v
+			if d := int(v - prev[r]); d > 0 {
+				if out == nil {
+					out = map[string]int{}
+				}
+				out[r] += d
+			}
+		}
+		rc.last[p] = cur
 	}
-	b, _ := json.MarshalIndent(res, "", "  ")
-	path := filepath.Join(s.o.out, "day.json")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		return err
+	return out
+}
+
+// refill is how fast Redis filled again after the flush: the replicas
+// putting back the tokens they hold (broker/recheck.go).
+type refill struct {
+	// Ms50 and Ms90 are the real milliseconds after the flush when Redis
+	// held half and 90 % of the keys it held before (-1: not within 20 s).
+	Ms50  int64  `json:"ms_to_50_percent"`
+	Ms90  int64  `json:"ms_to_90_percent"`
+	Sim90 string `json:"simulated_90,omitempty"`
+}
+
+// watchRefill samples DBSIZE every 10 ms after a flush of before keys.
+func watchRefill(ctx context.Context, r *redisServer, before int64, c float64) refill {
+	out := refill{Ms50: -1, Ms90: -1}
+	start := time.Now()
+	for time.Since(start) < 20*time.Second && ctx.Err() == nil {
+		n, err := r.client.DBSize(ctx).Result()
+		ms := time.Since(start).Milliseconds()
+		if err == nil && out.Ms50 < 0 && n*2 >= before {
+			out.Ms50 = ms
+		}
+		if err == nil && n*10 >= before*9 {
+			out.Ms90 = ms
+			out.Sim90 = time.Duration(float64(time.Since(start)) * c).Round(time.Second).String()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	fmt.Fprintf(stdout, "wrote %s\n\n%s", path, renderDay(res))
-	return ctx.Err()
+	return out
 }
 
 // roll replaces the replicas one at a time: a new one starts, joins, and
@@ -438,27 +698,4 @@ func quantile(xs []float64, q float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[min(int(q*float64(len(s))), len(s)-1)]
-}
-
-// renderDay is the per-hour table of a day, in Markdown.
-func renderDay(r *DayResults) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d users, %.0f:00-%.0f:00 simulated at %gx; quota %d token calls a simulated minute; token lifetime %s; %s\n\n",
-		r.Users, r.FromHour, r.ToHour, r.Compression, r.QuotaPerMinute, r.TokenLifetime, strings.Join(r.Settings, " "))
-	for _, e := range r.Events {
-		fmt.Fprintf(&b, "* %s\n", e)
-	}
-	b.WriteString("\n| hour | active users (max) | requests | failed | token calls (max a minute) | quota a minute | 429s | first-token wait p50 / p99 (ms) |\n|---|---|---|---|---|---|---|---|\n")
-	for _, h := range r.Hours {
-		fmt.Fprintf(&b, "| %02d:00 | %d | %d | %d | %d (%d) | %d | %d | %.1f / %.1f |\n", h.Hour, h.MaxActiveUsers, h.Requests, h.Failed,
-			h.TokenCalls, h.MaxCallsAMinute, r.QuotaPerMinute, h.Rejected429, h.FirstWaitP50, h.FirstWaitP99)
-	}
-	fmt.Fprintf(&b, "\nTotal: %d requests, %d failed, %d token calls, %d × 429; first-token wait p50 %.1fms, p99 %.1fms; "+
-		"%d token calls in the 5 simulated minutes after the flush (%d of them first tokens of users new that day), with %d users holding tokens; %.0fs real.\n",
-		r.Requests, r.Failed, r.TokenCalls, r.Rejected429, r.FirstWaitP50, r.FirstWaitP99, r.FlushTokenCalls, r.FlushFirstTokens, r.FlushHeldUsers, r.RealSeconds)
-	b.WriteString("\n| pattern | kind | token calls | peak calls a minute (5-minute window) | minutes over the quota |\n|---|---|---|---|---|\n")
-	for _, m := range r.Models {
-		fmt.Fprintf(&b, "| %s | %s | %d | %.1f | %d |\n", m.Name, m.MeasuredOrModelled, m.TokenCalls, m.PeakWindowPerMin, m.MinutesOverQuota)
-	}
-	return b.String()
 }

@@ -13,6 +13,7 @@
 //	go run ./bench -only memory -out bench/results/memory   # the memory step alone, 2 minutes
 //	go run ./bench -from bench/results/results.json -memory-from bench/results/memory/results.json -markdown docs/benchmarks.md
 //	go run ./bench -day -out bench/results/day       # a compressed working day (docs/capacity.md), 10 minutes
+//	go run ./bench -day-search -markdown docs/capacity.md   # the carrying limit (search + the day at it), about 9 minutes
 //
 // The run writes results.json and PNG plots to -out. With -markdown it also
 // rewrites the generated section of that file (between its BEGIN/END
@@ -115,12 +116,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	only := fs.String("only", "", "comma-separated parts to run (default all): baseline,l1,redis,cold,replicas,memory,gobench")
 	fs.BoolVar(&o.dayRun, "day", false, "run the compressed day (day.go, docs/capacity.md) instead of the suite")
 	fs.IntVar(&o.day.users, "day-users", 2000, "-day: the user population")
-	fs.Float64Var(&o.day.compression, "day-compression", 72, "-day: time compression factor, in (1, 80]")
+	fs.Float64Var(&o.day.compression, "day-compression", 72, "-day: time compression factor, in (1, 240] (-day-search: default 144)")
 	fs.Float64Var(&o.day.from, "day-from", 7, "-day: simulated hour the day starts")
 	fs.Float64Var(&o.day.to, "day-to", 19, "-day: simulated hour the day ends")
 	fs.IntVar(&o.day.quota, "day-quota", 100, "-day: the tenant's Tier-2 quota, token calls a simulated minute")
 	fs.Float64Var(&o.day.flushAt, "day-flush", 9.5, "-day: simulated hour of the Redis FLUSHALL (outside the day: none)")
 	fs.Float64Var(&o.day.rollAt, "day-roll", 14.5, "-day: simulated hour of the rolling restart (outside the day: none)")
+	fs.BoolVar(&o.day.search, "day-search", false, "search the largest population with 0 × 429 and first-token p99 under -day-wait (the day from -day-search-from to -day-search-until at each step), then run the whole day at it; with -markdown, rewrite that file's generated section (docs/capacity.md); with -from, re-render a day-search.json")
+	fs.IntVar(&o.day.searchMin, "day-search-min", 1000, "-day-search: smallest population tried")
+	fs.IntVar(&o.day.searchMax, "day-search-max", 64000, "-day-search: largest population tried")
+	fs.IntVar(&o.day.searchSteps, "day-search-steps", 5, "-day-search: most populations measured, in [1, 12]")
+	fs.Float64Var(&o.day.searchFrom, "day-search-from", 8, "-day-search: simulated hour each step starts (visits begun before it are left out)")
+	fs.Float64Var(&o.day.searchUntil, "day-search-until", 9.75, "-day-search: simulated hour each step stops (the morning wave and the flush are before it)")
+	fs.DurationVar(&o.day.waitGoal, "day-wait", 2*time.Second, "-day-search: a step passes when the first-token wait p99 is under this (and 0 × 429)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -129,6 +137,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.day.search && !set["day-compression"] {
+		o.day.compression = 144 // the whole page in under 10 minutes (docs/capacity.md)
+	}
 	if o.quick { // explicit flags win over -quick
 		for name, v := range map[string]string{
 			"duration": "3s", "warmup": "500ms", "users": "200",
@@ -198,13 +209,22 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-cold-latency must be in [0, 5s]")
 	case o.day.users < 1 || o.day.users > 1_000_000:
 		return o, errors.New("-day-users must be in [1, 1e6]")
-	case !(o.day.compression > 1 && o.day.compression <= 80):
-		// Above 80, QTB_REFRESH_AHEAD (1h20m/c) falls to QTB_MIN_TOKEN_TTL's floor of 1m.
-		return o, errors.New("-day-compression must be in (1, 80]")
+	case !(o.day.compression > 1 && o.day.compression <= 240):
+		// Above 80, QTB_REFRESH_AHEAD is 70s (daySettings); the token
+		// lifetime, 6h/c, must exceed it.
+		return o, errors.New("-day-compression must be in (1, 240]")
 	case !(o.day.from >= 0 && o.day.from < o.day.to && o.day.to <= 24):
 		return o, errors.New("-day-from and -day-to must be hours with 0 <= from < to <= 24")
 	case o.day.quota < 1:
 		return o, errors.New("-day-quota must be at least 1")
+	case o.day.search && !(o.day.searchMin >= 1 && o.day.searchMin <= o.day.searchMax && o.day.searchMax <= 1_000_000):
+		return o, errors.New("-day-search-min and -day-search-max must satisfy 1 <= min <= max <= 1e6")
+	case o.day.search && (o.day.searchSteps < 1 || o.day.searchSteps > 12):
+		return o, errors.New("-day-search-steps must be in [1, 12]")
+	case o.day.search && !(o.day.searchFrom >= o.day.from && o.day.searchFrom < o.day.searchUntil && o.day.searchUntil <= o.day.to):
+		return o, errors.New("-day-search-from and -day-search-until must be hours with -day-from <= from < until <= -day-to")
+	case o.day.waitGoal <= 0:
+		return o, errors.New("-day-wait must be positive")
 	}
 	return o, nil
 }
@@ -214,6 +234,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.day.search {
+		return runDaySearch(ctx, o, stdout, stderr)
 	}
 	if o.dayRun {
 		return runDay(ctx, o, stdout, stderr)
