@@ -51,6 +51,20 @@ func groupsTune(tn *qliktest.Tenant, clk *clock, admin qliktest.OAuthClient) fun
 	}
 }
 
+// newGroupsTenant is a fake tenant on a test clock with the broker's
+// client ("client-1") and an admin client for the groups sync.
+func newGroupsTenant(t *testing.T) (*clock, *qliktest.Tenant, qliktest.OAuthClient) {
+	t.Helper()
+	clk := newClock()
+	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
+	return clk, tn, tn.AddAdminClient()
+}
+
 // groupsSession mints a session token for userID whose groups claim is
 // groups (any JSON value; nil leaves the claim out).
 func groupsSession(t *testing.T, clk *clock, userID string, groups any) string {
@@ -137,14 +151,7 @@ func patchOps(tn *qliktest.Tenant) [][]string {
 // removes a and adds c, nothing else; an IdP group, a custom group outside
 // the prefix and a claim name outside the prefix are never touched.
 func TestGroupsSyncThroughHTTP(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	ada := tn.AddUser(qliktest.User{Name: "Ada", Subject: "idp|ada", Email: "ada@example.com", Status: "active"})
 	order := &tokenOrder{tn: tn, userID: ada.ID}
 	rdb := redistest.Start(t)
@@ -262,14 +269,7 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 // (not a list, a non-string entry, more than the max, a name over 256
 // characters) is 401 bad_groups_claim, counted, with no tenant call.
 func TestGroupsBadClaims(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisStore(t)})
 	ada := e.addUser("Ada")
@@ -338,14 +338,7 @@ func TestGroupsSyncOnceAcrossReplicas(t *testing.T) {
 // a token gets it with X-QTB-Groups: pending, one without gets 502
 // groups_sync_failed, and the next request syncs again.
 func TestGroupsPartialPatchRetried(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	rdb := redistest.Start(t)
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisClient(t, cache.RedisOptions{URL: rdb.URL()})})
@@ -414,14 +407,7 @@ func TestGroupsPartialPatchRetried(t *testing.T) {
 // X-QTB-Groups: pending and no tenant call, a user without one gets the
 // cooldown's 503 with Retry-After; after it the sync goes through.
 func TestGroupsCooldownServesCachedToken(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisStore(t)})
 	ada, bob := e.addUser("Ada"), e.addUser("Bob")
@@ -471,14 +457,7 @@ func TestGroupsCooldownServesCachedToken(t *testing.T) {
 // holding a token gets it as pending, and a user without one gets 429
 // rate_limited, no token minted before the sync.
 func TestGroupsSpendTheUserBudget(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	// One request a minute, a bucket of 4: the request itself takes one.
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisStore(t), userRate: 1.0 / 60, userBurst: 4})
@@ -522,14 +501,7 @@ func TestGroupsSpendTheUserBudget(t *testing.T) {
 // remembered in memory (the same set again costs nothing), and a session
 // naming the user by subject is synced through one users-API search.
 func TestGroupsWithoutRedisBySubject(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	sc := groupsVerifier()
 	sc.UserLookup = session.LookupSubject
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: sc, tune: groupsTune(tn, clk, admin)})
@@ -555,14 +527,7 @@ func TestGroupsWithoutRedisBySubject(t *testing.T) {
 // TestGroupsSyncedBeforeProxying: a proxied request is a request for the
 // user's token too: a changed claim is synced before it goes to the tenant.
 func TestGroupsSyncedBeforeProxying(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisStore(t)})
 	ada := e.addUser("Ada")
@@ -581,14 +546,7 @@ func TestGroupsSyncedBeforeProxying(t *testing.T) {
 // reads again, resolves the names again (creating the group anew) and
 // patches once more.
 func TestGroupsCreateRaceAndStaleIDs(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	e := newEnv(t, envOptions{clock: clk, tenant: tn, session: groupsVerifier(), tune: groupsTune(tn, clk, admin),
 		shared: newRedisStore(t)})
 	ada := e.addUser("Ada")
@@ -661,14 +619,7 @@ func TestGroupsCreateRaceAndStaleIDs(t *testing.T) {
 // no longer holds is read from the tenant again. A changed set is never
 // answered from the memo.
 func TestGroupsSetTrustedForL1TTL(t *testing.T) {
-	clk := newClock()
-	tn, err := qliktest.New(qliktest.WithClock(clk.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	tn.AddClient(qliktest.OAuthClient{ID: "client-1", Secret: "secret-1"})
-	admin := tn.AddAdminClient()
+	clk, tn, admin := newGroupsTenant(t)
 	ada := tn.AddUser(qliktest.User{Name: "Ada", Subject: "idp|ada", Email: "ada@example.com", Status: "active"})
 	rdb := redistest.Start(t)
 	const l1TTL = time.Minute

@@ -22,25 +22,7 @@ import (
 // impersonation token. It proves the fake accepts @qlik/api's dialect, not
 // just the one package qlik speaks.
 func TestQlikAPIJavaScriptClient(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs npm and node; skipped with -short")
-	}
-	node, npm := lookNode(t)
-	dir, err := filepath.Abs("node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-
-	// npm ci reinstalls exactly the lockfile; --prefer-offline makes a warm
-	// npm cache enough.
-	install := exec.CommandContext(ctx, npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci: %v\n%s", err, out)
-	}
-
+	js := newNodeScripts(t)
 	tn, err := qliktest.New()
 	if err != nil {
 		t.Fatal(err)
@@ -50,9 +32,7 @@ func TestQlikAPIJavaScriptClient(t *testing.T) {
 	user := tn.AddUser(qliktest.User{Subject: "auth0|grace", Email: "grace@example.com", Name: "Grace"})
 	const name = `broker "js" \ client`
 
-	run := exec.CommandContext(ctx, node, "provision.mjs")
-	run.Dir = dir
-	run.Env = append(os.Environ(),
+	out := js.run(t, "provision.mjs",
 		"QLIK_HOST="+tn.URL(),
 		"QLIK_ADMIN_CLIENT_ID="+admin.ID,
 		"QLIK_ADMIN_CLIENT_SECRET="+admin.Secret,
@@ -60,12 +40,6 @@ func TestQlikAPIJavaScriptClient(t *testing.T) {
 		"QLIK_CLIENT_NAME="+name,
 		"QLIK_ORIGIN=https://app.example.com",
 	)
-	var stderr stringWriter
-	run.Stderr = &stderr
-	out, err := run.Output()
-	if err != nil {
-		t.Fatalf("node provision.mjs: %v\n%s", err, stderr.s)
-	}
 	var got struct {
 		QlikAPIVersion string `json:"qlikApiVersion"`
 		AdminTokenJWT  bool   `json:"adminTokenIsJWT"`
@@ -186,6 +160,53 @@ func lookNode(t *testing.T) (node, npm string) {
 		t.Skipf("node %s is older than 20, which @qlik/api requires", v)
 	}
 	return node, npm
+}
+
+// nodeScripts runs the scripts in node/ with the packages its lockfile
+// pins, installed once per test by npm ci.
+type nodeScripts struct {
+	ctx  context.Context
+	node string
+	dir  string
+}
+
+// newNodeScripts installs node/'s packages (npm ci reinstalls exactly the
+// lockfile; --prefer-offline makes a warm npm cache enough), or skips the
+// test with -short.
+func newNodeScripts(t *testing.T) *nodeScripts {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs npm and node; skipped with -short")
+	}
+	node, npm := lookNode(t)
+	dir, err := filepath.Abs("node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	t.Cleanup(cancel)
+	install := exec.CommandContext(ctx, npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
+	install.Dir = dir
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci: %v\n%s", err, out)
+	}
+	return &nodeScripts{ctx: ctx, node: node, dir: dir}
+}
+
+// run runs script with env added to the environment and returns its
+// standard output; a failure shows its standard error.
+func (js *nodeScripts) run(t *testing.T, script string, env ...string) []byte {
+	t.Helper()
+	run := exec.CommandContext(js.ctx, js.node, script)
+	run.Dir = js.dir
+	run.Env = append(os.Environ(), env...)
+	var stderr stringWriter
+	run.Stderr = &stderr
+	out, err := run.Output()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", script, err, stderr.s)
+	}
+	return out
 }
 
 type stringWriter struct{ s string }

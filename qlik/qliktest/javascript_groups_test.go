@@ -1,13 +1,8 @@
 package qliktest_test
 
 import (
-	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/qtb-dev/qlik-token-broker/qlik/qliktest"
 )
@@ -20,22 +15,7 @@ import (
 // proves the fake accepts @qlik/api's dialect for groups, not just the one
 // package qlik speaks.
 func TestQlikAPIJavaScriptGroups(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs npm and node; skipped with -short")
-	}
-	node, npm := lookNode(t)
-	dir, err := filepath.Abs("node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	install := exec.CommandContext(ctx, npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci: %v\n%s", err, out)
-	}
-
+	js := newNodeScripts(t)
 	tn, err := qliktest.New()
 	if err != nil {
 		t.Fatal(err)
@@ -46,9 +26,7 @@ func TestQlikAPIJavaScriptGroups(t *testing.T) {
 	idp, _ := tn.SeedIdPGroup(user.ID, "js-idp")
 	tn.FailUserPatches(1, "js-partial")
 
-	run := exec.CommandContext(ctx, node, "groups.mjs")
-	run.Dir = dir
-	run.Env = append(os.Environ(),
+	out := js.run(t, "groups.mjs",
 		"QLIK_HOST="+tn.URL(),
 		"QLIK_ADMIN_CLIENT_ID="+admin.ID,
 		"QLIK_ADMIN_CLIENT_SECRET="+admin.Secret,
@@ -56,12 +34,6 @@ func TestQlikAPIJavaScriptGroups(t *testing.T) {
 		"QLIK_IDP_GROUP_ID="+idp.ID,
 		"QLIK_PARTIAL_GROUP=js-partial",
 	)
-	var stderr stringWriter
-	run.Stderr = &stderr
-	out, err := run.Output()
-	if err != nil {
-		t.Fatalf("node groups.mjs: %v\n%s", err, stderr.s)
-	}
 	type outcome struct {
 		Status   int
 		Codes    []string
