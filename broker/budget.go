@@ -42,6 +42,12 @@ func serviceKey(svc session.Identity) string { return "svc\x00" + svc.UserValue 
 // budget may always call.
 func (b *Broker) spendBudget(ctx context.Context) error {
 	bu, _ := ctx.Value(budgetCtxKey{}).(*budget)
+	return b.spend(bu)
+}
+
+// spend takes one call from every bucket of bu (nil: no limit), or refuses
+// with a 429 (counted as user_rate_limited).
+func (b *Broker) spend(bu *budget) error {
 	if bu == nil {
 		return nil
 	}

@@ -166,15 +166,8 @@ func (b *Broker) spendGroupsBudget(ctx context.Context) error {
 	if err := b.spendBudget(ctx); err != nil {
 		return err
 	}
-	n, _ := ctx.Value(groupsCtxKey{}).(*groupsNote)
-	if n == nil || n.budget == nil {
-		return nil
-	}
-	for _, k := range n.budget.keys {
-		if wait, ok := n.budget.users.allow(k); !ok {
-			reject(b.m, CauseUserRateLimit)
-			return &userRateLimitedError{retryAfter: wait}
-		}
+	if n, _ := ctx.Value(groupsCtxKey{}).(*groupsNote); n != nil {
+		return b.spend(n.budget)
 	}
 	return nil
 }
